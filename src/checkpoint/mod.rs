@@ -1,0 +1,1 @@
+//! Hugging Face / timm checkpoint loading and saving.

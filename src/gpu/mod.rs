@@ -1,0 +1,1 @@
+//! GPU context, tensors, pipeline cache and kernel launch.

@@ -1,0 +1,1 @@
+//! Typed launchers for every WGSL kernel family, with CPU references.

@@ -1,0 +1,9 @@
+//! vitgpu: fine-tune and run Vision Transformers on any GPU with our own WGSL kernels.
+
+pub mod checkpoint;
+pub mod data;
+pub mod gpu;
+pub mod kernels;
+pub mod model;
+pub mod tape;
+pub mod train;

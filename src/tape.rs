@@ -1,0 +1,1 @@
+//! Autograd tape: records coarse ops and runs their backward kernels in reverse.

@@ -1,0 +1,1 @@
+//! Fine-tuning loop, optimizer and schedules.
