@@ -1,1 +1,449 @@
 //! GPU context, tensors, pipeline cache and kernel launch.
+//!
+//! Every kernel goes through [`Gpu::launch`]: one uniform params struct at binding 0,
+//! storage buffers after it, pipelines cached by (shader, entry point, overrides).
+//! Dispatches are recorded into one open command encoder and submitted on
+//! [`Gpu::flush`] (readbacks flush first), so a forward pass is a single submit.
+
+mod adapter;
+mod tensor;
+
+pub use adapter::{list_adapters, AdapterChoice};
+pub use tensor::{DType, GpuTensor};
+
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// A WGSL source file: one kernel family, forward and backward entry points together.
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+#[macro_export]
+macro_rules! shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/",
+                    $name,
+                    ".wgsl"
+                ))
+            ),
+        }
+    };
+}
+
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// Uniform params of all launches of one batch live in one buffer at 256-byte slots.
+const PARAM_SLOT: u64 = 256;
+const PARAM_SLOTS: u64 = 1024;
+
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    params_buf: Arc<wgpu::Buffer>,
+    launches: u64,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    rec: Mutex<Recorder>,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Bound where a kernel's optional input is switched off by an override.
+    dummy: GpuTensor,
+}
+
+impl Gpu {
+    /// Opens the chosen adapter (see [`AdapterChoice`]) with the limits a ViT-B needs.
+    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let adapter = adapter::pick(choice)?;
+        let info = adapter.get_info();
+        let alimits = adapter.limits();
+        // Ask for everything the adapter offers: ViT-B tensors and activations exceed the
+        // 128 MiB default binding size at realistic batch sizes.
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
+            max_buffer_size: alimits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: alimits
+                .max_storage_buffers_per_shader_stage
+                .min(16),
+            max_compute_workgroup_storage_size: alimits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: alimits.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x: alimits.max_compute_workgroup_size_x,
+            max_compute_workgroup_size_y: alimits.max_compute_workgroup_size_y,
+            max_compute_workgroups_per_dimension: alimits.max_compute_workgroups_per_dimension,
+            ..wgpu::Limits::downlevel_defaults().using_resolution(alimits.clone())
+        };
+        let features =
+            adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+        let (device, queue) = pollster::block_on(adapter.request_device(
+            &wgpu::DeviceDescriptor {
+                label: Some("vitgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+            },
+            None,
+        ))
+        .map_err(|e| {
+            anyhow::anyhow!("could not open GPU device on adapter '{}': {e}", info.name)
+        })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Box::new(move |e| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let params_buf = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: PARAM_SLOT * PARAM_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }));
+        let dummy = GpuTensor::new(
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dummy"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            &[4],
+            DType::F32,
+        );
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            rec: Mutex::new(Recorder {
+                encoder: None,
+                params: Vec::new(),
+                params_buf,
+                launches: 0,
+            }),
+            errors,
+            dummy,
+        })
+    }
+
+    /// One line naming the adapter, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.device_type,
+            self.info.backend,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub(crate) fn dummy(&self) -> &GpuTensor {
+        &self.dummy
+    }
+
+    fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        overrides: &[(&'static str, f64)],
+    ) -> Arc<wgpu::ComputePipeline> {
+        let key: PipelineKey = (
+            shader.name,
+            entry,
+            overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        );
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let mut modules = self.modules.lock().unwrap();
+        let module = modules.entry(shader.name).or_insert_with(|| {
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                })
+        });
+        let constants: HashMap<String, f64> =
+            overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let p = Arc::new(
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                }),
+        );
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        p
+    }
+
+    /// Records one dispatch: `params` at binding 0, then `(binding, tensor)` storage bindings.
+    pub fn launch<P: bytemuck::Pod>(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        overrides: &[(&'static str, f64)],
+        params: &P,
+        tensors: &[(u32, &GpuTensor)],
+        workgroups: [u32; 3],
+    ) {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(
+            workgroups.iter().all(|&w| w <= max),
+            "{entry}: dispatch {workgroups:?} exceeds the adapter's {max} workgroups per dimension"
+        );
+        if workgroups.contains(&0) {
+            return;
+        }
+        let pipeline = self.pipeline(shader, entry, overrides);
+        let mut rec = self.rec.lock().unwrap();
+        if rec.launches == PARAM_SLOTS {
+            self.submit_locked(&mut rec);
+        }
+        let slot = rec.launches;
+        rec.launches += 1;
+        let bytes = bytemuck::bytes_of(params);
+        assert!(bytes.len() as u64 <= PARAM_SLOT);
+        rec.params.extend_from_slice(bytes);
+        rec.params.resize(((slot + 1) * PARAM_SLOT) as usize, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &rec.params_buf,
+                offset: slot * PARAM_SLOT,
+                size: wgpu::BufferSize::new(bytes.len().max(16) as u64),
+            }),
+        }];
+        entries.extend(tensors.iter().map(|(b, t)| wgpu::BindGroupEntry {
+            binding: *b,
+            resource: t.binding(),
+        }));
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let device = &self.device;
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vitgpu"),
+            })
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+    }
+
+    fn submit_locked(&self, rec: &mut Recorder) {
+        if rec.launches > 0 {
+            self.queue.write_buffer(&rec.params_buf, 0, &rec.params);
+        }
+        if let Some(enc) = rec.encoder.take() {
+            self.queue.submit(Some(enc.finish()));
+        }
+        rec.params.clear();
+        rec.launches = 0;
+        // The next batch writes its params before its own submit; queue order keeps the
+        // previous batch's reads of this buffer ahead of that write.
+    }
+
+    /// Submits everything recorded so far.
+    pub fn flush(&self) {
+        let mut rec = self.rec.lock().unwrap();
+        self.submit_locked(&mut rec);
+    }
+
+    /// Waits for the GPU and reports any validation / out-of-memory error since the last check.
+    pub fn sync(&self) -> Result<()> {
+        self.flush();
+        self.device.poll(wgpu::Maintain::Wait);
+        self.check_errors()
+    }
+
+    pub fn check_errors(&self) -> Result<()> {
+        let mut errs = self.errors.lock().unwrap();
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let msg = errs.join("\n");
+        errs.clear();
+        if msg.to_lowercase().contains("out of memory") {
+            bail!("the GPU ran out of memory: use a smaller --batch-size (or --grad-accum to keep the effective batch)\n{msg}");
+        }
+        bail!("GPU error: {msg}")
+    }
+
+    /// Records a buffer-to-buffer copy into the open encoder.
+    pub fn copy(&self, src: &GpuTensor, dst: &GpuTensor) {
+        assert_eq!(
+            src.byte_size(),
+            dst.byte_size(),
+            "copy between tensors of different sizes"
+        );
+        let mut rec = self.rec.lock().unwrap();
+        let device = &self.device;
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vitgpu"),
+            })
+        });
+        encoder.copy_buffer_to_buffer(
+            &src.buffer,
+            src.offset,
+            &dst.buffer,
+            dst.offset,
+            src.byte_size(),
+        );
+    }
+
+    /// Allocates an uninitialised (zeroed by wgpu) tensor.
+    pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let bytes = tensor::byte_size(shape, dtype);
+        self.check_size(shape, bytes)?;
+        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(self.device.pop_error_scope()) {
+            bail!(
+                "the GPU ran out of memory allocating a {shape:?} tensor ({:.1} MiB): use a smaller --batch-size (or --grad-accum)\n{e}",
+                bytes as f64 / 1048576.0
+            );
+        }
+        Ok(GpuTensor::new(buffer, shape, dtype))
+    }
+
+    fn check_size(&self, shape: &[usize], bytes: u64) -> Result<()> {
+        let lim =
+            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        if bytes > lim {
+            bail!(
+                "a {shape:?} tensor needs {:.1} MiB, more than this adapter allows in one buffer ({:.1} MiB): use a smaller --batch-size (or --grad-accum to keep the effective batch)",
+                bytes as f64 / 1048576.0,
+                lim as f64 / 1048576.0
+            );
+        }
+        Ok(())
+    }
+
+    /// Uploads f32 host data, converting to `dtype`.
+    pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        assert_eq!(
+            data.len(),
+            shape.iter().product::<usize>(),
+            "upload: data does not match shape {shape:?}"
+        );
+        let bytes = tensor::encode(data, dtype);
+        self.check_size(shape, bytes.len() as u64)?;
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        Ok(GpuTensor::new(buffer, shape, dtype))
+    }
+
+    /// Overwrites a tensor's contents from the host (applied before the next submit's work).
+    pub fn write(&self, t: &GpuTensor, data: &[f32]) {
+        assert_eq!(data.len(), t.numel());
+        // Keep order with recorded-but-unsubmitted work that reads the old contents.
+        self.flush();
+        self.queue
+            .write_buffer(&t.buffer, t.offset, &tensor::encode(data, t.dtype));
+    }
+
+    pub fn upload_u32(&self, data: &[u32]) -> GpuTensor {
+        let mut v = data.to_vec();
+        if v.is_empty() {
+            v.push(0);
+        }
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&v),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        GpuTensor::new(buffer, &[data.len()], DType::U32)
+    }
+
+    /// Reads a tensor back as f32 (flushes and waits).
+    pub fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        let raw = self.read_raw(&t.buffer, t.offset, t.byte_size())?;
+        Ok(tensor::decode(&raw, t.numel(), t.dtype))
+    }
+
+    pub fn read_raw(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = self.rec.lock().unwrap();
+            let device = &self.device;
+            let encoder = rec.encoder.get_or_insert_with(|| {
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("vitgpu"),
+                })
+            });
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+            self.submit_locked(&mut rec);
+        }
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::Maintain::Wait);
+        self.check_errors()?;
+        rx.recv()?
+            .map_err(|e| anyhow::anyhow!("reading back from the GPU failed: {e}"))?;
+        let out = slice.get_mapped_range().to_vec();
+        staging.unmap();
+        Ok(out)
+    }
+}

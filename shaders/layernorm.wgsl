@@ -1,0 +1,191 @@
+// Layer norm over the last dimension: y = (x − mean)·rstd·w + b, one workgroup per row.
+// The forward saves mean and rstd (f32) for the backward.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> X: array<u32>;
+@group(0) @binding(2) var<storage, read> W: array<u32>;
+@group(0) @binding(3) var<storage, read> B: array<u32>;
+@group(0) @binding(4) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(5) var<storage, read_write> MEAN: array<f32>;
+@group(0) @binding(6) var<storage, read_write> RSTD: array<f32>;
+@group(0) @binding(7) var<storage, read> DY: array<u32>;
+@group(0) @binding(8) var<storage, read_write> DX: array<u32>;
+@group(0) @binding(9) var<storage, read_write> DW: array<u32>;
+@group(0) @binding(10) var<storage, read_write> DB: array<u32>;
+
+override X_F16: bool = false;
+override W_F16: bool = false;
+override Y_F16: bool = false;
+override DY_F16: bool = false;
+override DX_F16: bool = false;
+override DW_F16: bool = false;
+override ACCUM: bool = false;
+override WG: u32 = 128u;
+
+fn ld_x(i: u32) -> f32 {
+    if (X_F16) { return f16_at(X[i >> 1u], i); }
+    return bitcast<f32>(X[i]);
+}
+fn ld_w(i: u32) -> f32 {
+    if (W_F16) { return f16_at(W[i >> 1u], i); }
+    return bitcast<f32>(W[i]);
+}
+fn ld_b(i: u32) -> f32 {
+    if (W_F16) { return f16_at(B[i >> 1u], i); }
+    return bitcast<f32>(B[i]);
+}
+fn ld_dy(i: u32) -> f32 {
+    if (DY_F16) { return f16_at(DY[i >> 1u], i); }
+    return bitcast<f32>(DY[i]);
+}
+fn ld_dx(i: u32) -> f32 {
+    if (DX_F16) { return f16_at(DX[i >> 1u], i); }
+    return bitcast<f32>(DX[i]);
+}
+fn ld_dw(i: u32) -> f32 {
+    if (DW_F16) { return f16_at(DW[i >> 1u], i); }
+    return bitcast<f32>(DW[i]);
+}
+fn ld_db(i: u32) -> f32 {
+    if (DW_F16) { return f16_at(DB[i >> 1u], i); }
+    return bitcast<f32>(DB[i]);
+}
+// Pair stores: i is even whenever the tensor is f16 (even row length is required).
+fn st_y(i: u32, v0: f32, v1: f32, has1: bool) {
+    if (Y_F16) { Y[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
+        Y[i] = bitcast<u32>(v0);
+        if (has1) { Y[i + 1u] = bitcast<u32>(v1); }
+    }
+}
+fn st_dx(i: u32, v0: f32, v1: f32, has1: bool) {
+    if (DX_F16) { DX[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
+        DX[i] = bitcast<u32>(v0);
+        if (has1) { DX[i + 1u] = bitcast<u32>(v1); }
+    }
+}
+fn st_dw(i: u32, v0: f32, v1: f32, has1: bool) {
+    if (DW_F16) { DW[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
+        DW[i] = bitcast<u32>(v0);
+        if (has1) { DW[i + 1u] = bitcast<u32>(v1); }
+    }
+}
+fn st_db(i: u32, v0: f32, v1: f32, has1: bool) {
+    if (DW_F16) { DB[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
+        DB[i] = bitcast<u32>(v0);
+        if (has1) { DB[i + 1u] = bitcast<u32>(v1); }
+    }
+}
+
+var<workgroup> red: array<f32, 256>;
+
+fn block_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) { s += ld_x(base + c); }
+    let mean = block_sum(s, lid) / f32(p.cols);
+    // Two passes over the row: the centred sum of squares is what torch computes.
+    var q = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let d = ld_x(base + c) - mean;
+        q += d * d;
+    }
+    let rstd = inverseSqrt(block_sum(q, lid) / f32(p.cols) + p.eps);
+    for (var c = lid * 2u; c < p.cols; c += WG * 2u) {
+        let has1 = c + 1u < p.cols;
+        let y0 = (ld_x(base + c) - mean) * rstd * ld_w(c) + ld_b(c);
+        var y1 = 0.0;
+        if (has1) { y1 = (ld_x(base + c + 1u) - mean) * rstd * ld_w(c + 1u) + ld_b(c + 1u); }
+        st_y(base + c, y0, y1, has1);
+    }
+    if (lid == 0u) {
+        MEAN[row] = mean;
+        RSTD[row] = rstd;
+    }
+}
+
+// dx (+)= rstd · (g − mean(g) − x̂ · mean(g·x̂)), g = dy·w.
+@compute @workgroup_size(WG)
+fn layernorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let mean = MEAN[row];
+    let rstd = RSTD[row];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let g = ld_dy(base + c) * ld_w(c);
+        let xh = (ld_x(base + c) - mean) * rstd;
+        s1 += g;
+        s2 += g * xh;
+    }
+    let mg = block_sum(s1, lid) / f32(p.cols);
+    let mgx = block_sum(s2, lid) / f32(p.cols);
+    for (var c = lid * 2u; c < p.cols; c += WG * 2u) {
+        let has1 = c + 1u < p.cols;
+        var v: array<f32, 2>;
+        for (var j = 0u; j < 2u; j++) {
+            let cc = c + j;
+            if (cc < p.cols) {
+                let xh = (ld_x(base + cc) - mean) * rstd;
+                v[j] = rstd * (ld_dy(base + cc) * ld_w(cc) - mg - xh * mgx);
+                if (ACCUM) { v[j] += ld_dx(base + cc); }
+            }
+        }
+        st_dx(base + c, v[0], v[1], has1);
+    }
+}
+
+// dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, one thread per column pair.
+@compute @workgroup_size(WG)
+fn layernorm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x * 2u;
+    if (c >= p.cols) { return; }
+    let has1 = c + 1u < p.cols;
+    var w0 = 0.0; var w1 = 0.0; var b0 = 0.0; var b1 = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let mean = MEAN[r];
+        let rstd = RSTD[r];
+        let i = r * p.cols + c;
+        let d0 = ld_dy(i);
+        w0 += d0 * (ld_x(i) - mean) * rstd;
+        b0 += d0;
+        if (has1) {
+            let d1 = ld_dy(i + 1u);
+            w1 += d1 * (ld_x(i + 1u) - mean) * rstd;
+            b1 += d1;
+        }
+    }
+    if (ACCUM) {
+        w0 += ld_dw(c); b0 += ld_db(c);
+        if (has1) { w1 += ld_dw(c + 1u); b1 += ld_db(c + 1u); }
+    }
+    st_dw(c, w0, w1, has1);
+    st_db(c, b0, b1, has1);
+}

@@ -1,0 +1,119 @@
+//! Adapter discovery and choice: discrete > integrated > software, or as the user names it.
+
+use anyhow::{bail, Result};
+
+/// Which adapter to open: the best one, or one named by index or (part of) its name.
+#[derive(Clone, Debug, Default)]
+pub enum AdapterChoice {
+    #[default]
+    Best,
+    Index(usize),
+    Name(String),
+}
+
+impl AdapterChoice {
+    /// `--adapter` value, else `VITGPU_ADAPTER`, else the best adapter.
+    pub fn from_arg(arg: Option<&str>) -> AdapterChoice {
+        let env = std::env::var("VITGPU_ADAPTER").ok();
+        match arg.map(str::to_string).or(env).filter(|s| !s.is_empty()) {
+            None => AdapterChoice::Best,
+            Some(s) => match s.parse::<usize>() {
+                Ok(i) => AdapterChoice::Index(i),
+                Err(_) => AdapterChoice::Name(s),
+            },
+        }
+    }
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> u32 {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    // Prefer native compute APIs over GL at equal kind.
+    let backend = if info.backend == wgpu::Backend::Gl {
+        1
+    } else {
+        0
+    };
+    kind * 2 + backend
+}
+
+/// All adapters in the order `--adapter INDEX` counts them (best first).
+pub fn list_adapters() -> Vec<wgpu::Adapter> {
+    let enumerate = |backends: wgpu::Backends| {
+        let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+            backends,
+            ..Default::default()
+        });
+        let mut v: Vec<wgpu::Adapter> = instance.enumerate_adapters(backends).into_iter().collect();
+        v.retain(|a| {
+            a.get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        });
+        v
+    };
+    // GL is a last resort (and probing EGL is noisy), so look at it only when nothing else exists.
+    let mut adapters = match wgpu::Backends::from_env() {
+        Some(b) => enumerate(b),
+        None => {
+            let v = enumerate(wgpu::Backends::PRIMARY);
+            if v.is_empty() {
+                enumerate(wgpu::Backends::GL)
+            } else {
+                v
+            }
+        }
+    };
+    adapters.sort_by_key(|a| rank(&a.get_info()));
+    adapters
+}
+
+pub(crate) fn pick(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+    let mut adapters = list_adapters();
+    if adapters.is_empty() {
+        bail!(
+            "no GPU adapter found: install a Vulkan driver (on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` \
+             gives a software one), or on macOS/Windows make sure Metal/DX12 is available"
+        );
+    }
+    let names = || {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("  {i}: {} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let idx = match choice {
+        AdapterChoice::Best => 0,
+        AdapterChoice::Index(i) => {
+            if *i >= adapters.len() {
+                bail!(
+                    "--adapter {i}: there are only {} adapters:\n{}",
+                    adapters.len(),
+                    names()
+                );
+            }
+            *i
+        }
+        AdapterChoice::Name(n) => {
+            let lower = n.to_lowercase();
+            match adapters
+                .iter()
+                .position(|a| a.get_info().name.to_lowercase().contains(&lower))
+            {
+                Some(i) => i,
+                None => bail!(
+                    "--adapter '{n}': no adapter has that name; available:\n{}",
+                    names()
+                ),
+            }
+        }
+    };
+    Ok(adapters.swap_remove(idx))
+}

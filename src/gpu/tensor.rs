@@ -1,0 +1,143 @@
+//! `GpuTensor`: a storage buffer with a shape and a storage dtype (f32, or f16 packed two per u32).
+
+use half::f16;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// IEEE half, two values packed per 32-bit word (element i in the low half when i is even).
+    F16,
+    U32,
+}
+
+impl DType {
+    /// The override value that switches a kernel binding to packed-f16 loads/stores.
+    pub fn is_f16(self) -> f64 {
+        if self == DType::F16 {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A tensor in a GPU buffer; `offset` (bytes) lets parameters and their gradients be views
+/// into one flat buffer, so that the optimizer is a single kernel over all of them.
+#[derive(Clone)]
+pub struct GpuTensor {
+    pub buffer: Arc<wgpu::Buffer>,
+    pub offset: u64,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl GpuTensor {
+    pub fn new(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
+        GpuTensor {
+            buffer: Arc::new(buffer),
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+    /// A view of `shape` starting `elem_offset` elements into this tensor (the byte offset must
+    /// meet the adapter's storage-offset alignment, 256 bytes at most).
+    pub fn view(&self, elem_offset: usize, shape: &[usize]) -> GpuTensor {
+        let bytes = match self.dtype {
+            DType::F16 => elem_offset * 2,
+            _ => elem_offset * 4,
+        } as u64;
+        assert!(
+            bytes % 256 == 0,
+            "view offset {bytes} bytes is not 256-aligned"
+        );
+        GpuTensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + bytes,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        }
+    }
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.byte_size()),
+        })
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn byte_size(&self) -> u64 {
+        byte_size(&self.shape, self.dtype)
+    }
+    /// Size of the last dimension (1 for scalars).
+    pub fn cols(&self) -> usize {
+        *self.shape.last().unwrap_or(&1)
+    }
+    /// Product of all but the last dimension.
+    pub fn rows(&self) -> usize {
+        self.numel() / self.cols().max(1)
+    }
+    /// Same buffer, new shape with the same element count.
+    pub fn reshaped(self, shape: &[usize]) -> GpuTensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "reshape {:?} -> {shape:?}",
+            self.shape
+        );
+        GpuTensor {
+            shape: shape.to_vec(),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Debug for GpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuTensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+pub(crate) fn byte_size(shape: &[usize], dtype: DType) -> u64 {
+    let n: usize = shape.iter().product();
+    let words = match dtype {
+        DType::F16 => n.div_ceil(2),
+        _ => n,
+    };
+    // Zero-sized bindings are invalid; keep every buffer at least one 16-byte vector.
+    (words.max(4) * 4) as u64
+}
+
+pub(crate) fn encode(data: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = match dtype {
+        DType::F32 => bytemuck::cast_slice(data).to_vec(),
+        DType::F16 => {
+            let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        DType::U32 => data
+            .iter()
+            .flat_map(|&x| (x as u32).to_le_bytes())
+            .collect(),
+    };
+    let want = byte_size(&[data.len()], dtype) as usize;
+    out.resize(want, 0);
+    out
+}
+
+pub(crate) fn decode(raw: &[u8], n: usize, dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice::<u8, f32>(&raw[..n * 4]).to_vec(),
+        DType::F16 => raw[..n * 2]
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::U32 => bytemuck::cast_slice::<u8, u32>(&raw[..n * 4])
+            .iter()
+            .map(|&x| x as f32)
+            .collect(),
+    }
+}

@@ -1,0 +1,207 @@
+//! Layer-norm family (`shaders/layernorm.wgsl`): forward with saved statistics, backward.
+
+use crate::gpu::{Gpu, GpuTensor};
+use crate::shader;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in layernorm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct LayerNormParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+const WG: u32 = 128;
+
+/// A grid of `n` workgroups, split over y when it exceeds the per-dimension limit.
+pub(crate) fn grid(n: u32) -> [u32; 3] {
+    if n <= 65535 {
+        [n, 1, 1]
+    } else {
+        [65535, n.div_ceil(65535), 1]
+    }
+}
+
+fn f(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
+pub fn layernorm_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    inp: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    eps: f32,
+) {
+    let (rows, cols) = (inp.rows(), inp.cols());
+    assert_eq!(out.shape, inp.shape);
+    assert_eq!(
+        (w.numel(), b.numel(), mean.numel(), rstd.numel()),
+        (cols, cols, rows, rstd.numel().max(rows))
+    );
+    let p = LayerNormParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps,
+        _pad: 0,
+    };
+    let ov = [
+        ("X_F16", inp.dtype.is_f16()),
+        ("W_F16", w.dtype.is_f16()),
+        ("Y_F16", out.dtype.is_f16()),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("layernorm"),
+        "layernorm_forward",
+        &ov,
+        &p,
+        &[(1, inp), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
+        grid(rows as u32),
+    );
+}
+
+/// `dinp (+)= ∂L/∂inp` for one layer norm, from the saved `mean`, `rstd`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    gpu: &Gpu,
+    dinp: &GpuTensor,
+    dw: Option<&GpuTensor>,
+    db: Option<&GpuTensor>,
+    dout: &GpuTensor,
+    inp: &GpuTensor,
+    w: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    accum: bool,
+) {
+    let (rows, cols) = (inp.rows(), inp.cols());
+    let p = LayerNormParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps: 0.0,
+        _pad: 0,
+    };
+    let ov = [
+        ("X_F16", inp.dtype.is_f16()),
+        ("W_F16", w.dtype.is_f16()),
+        ("DY_F16", dout.dtype.is_f16()),
+        ("DX_F16", dinp.dtype.is_f16()),
+        ("ACCUM", f(accum)),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("layernorm"),
+        "layernorm_backward",
+        &ov,
+        &p,
+        &[(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)],
+        grid(rows as u32),
+    );
+    if let (Some(dw), Some(db)) = (dw, db) {
+        layernorm_backward_params(gpu, dw, db, dout, inp, mean, rstd, accum);
+    }
+}
+
+/// `dw (+)= Σ dout·x̂`, `db (+)= Σ dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_params(
+    gpu: &Gpu,
+    dw: &GpuTensor,
+    db: &GpuTensor,
+    dout: &GpuTensor,
+    inp: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    accum: bool,
+) {
+    let (rows, cols) = (inp.rows(), inp.cols());
+    assert_eq!((dw.numel(), db.numel()), (cols, cols));
+    let p = LayerNormParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps: 0.0,
+        _pad: 0,
+    };
+    let ov = [
+        ("X_F16", inp.dtype.is_f16()),
+        ("DY_F16", dout.dtype.is_f16()),
+        ("DW_F16", dw.dtype.is_f16()),
+        ("ACCUM", f(accum)),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("layernorm"),
+        "layernorm_backward_params",
+        &ov,
+        &p,
+        &[(1, inp), (5, mean), (6, rstd), (7, dout), (9, dw), (10, db)],
+        [(cols as u32).div_ceil(2).div_ceil(WG), 1, 1],
+    );
+}
+
+/// CPU reference: returns (out, mean, rstd).
+pub fn layernorm_forward_cpu(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    cols: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = x.len() / cols;
+    let mut out = vec![0.0; x.len()];
+    let (mut means, mut rstds) = (vec![0.0; rows], vec![0.0; rows]);
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
+        for c in 0..cols {
+            out[r * cols + c] = ((row[c] as f64 - mean) * rstd) as f32 * w[c] + b[c];
+        }
+        means[r] = mean as f32;
+        rstds[r] = rstd as f32;
+    }
+    (out, means, rstds)
+}
+
+/// CPU reference: returns (dx, dw, db).
+pub fn layernorm_backward_cpu(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    cols: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (_, means, rstds) = layernorm_forward_cpu(x, w, &vec![0.0; cols], cols, eps);
+    let rows = x.len() / cols;
+    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; cols], vec![0.0; cols]);
+    for r in 0..rows {
+        let (mean, rstd) = (means[r] as f64, rstds[r] as f64);
+        let xh: Vec<f64> = (0..cols)
+            .map(|c| (x[r * cols + c] as f64 - mean) * rstd)
+            .collect();
+        let g: Vec<f64> = (0..cols)
+            .map(|c| dy[r * cols + c] as f64 * w[c] as f64)
+            .collect();
+        let mg = g.iter().sum::<f64>() / cols as f64;
+        let mgx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+        for c in 0..cols {
+            dx[r * cols + c] = (rstd * (g[c] - mg - xh[c] * mgx)) as f32;
+            dw[c] += (dy[r * cols + c] as f64 * xh[c]) as f32;
+            db[c] += dy[r * cols + c];
+        }
+    }
+    (dx, dw, db)
+}

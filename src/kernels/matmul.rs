@@ -1,0 +1,292 @@
+//! Matmul family (`shaders/matmul.wgsl`): linear layers forward and backward, bias gradients.
+
+use crate::gpu::{Gpu, GpuTensor};
+use crate::shader;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub _pad: u32,
+    pub a_sm: u32,
+    pub a_sk: u32,
+    pub b_sk: u32,
+    pub b_sn: u32,
+}
+
+/// Elementwise epilogue applied after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    /// Exact erf GELU (HF "gelu").
+    Gelu,
+    /// tanh approximation (HF "gelu_new").
+    GeluTanh,
+}
+
+impl Act {
+    pub fn code(self) -> u32 {
+        match self {
+            Act::None => 0,
+            Act::Gelu => 1,
+            Act::GeluTanh => 2,
+        }
+    }
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::None => x,
+            Act::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
+            Act::GeluTanh => {
+                let u = (2.0f64 / std::f64::consts::PI).sqrt()
+                    * (x as f64 + 0.044715 * (x as f64).powi(3));
+                (0.5 * x as f64 * (1.0 + u.tanh())) as f32
+            }
+        }
+    }
+    /// d apply(x) / dx.
+    pub fn grad(self, x: f32) -> f32 {
+        let x = x as f64;
+        let g = match self {
+            Act::None => 1.0,
+            Act::Gelu => {
+                0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2))
+                    + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+            }
+            Act::GeluTanh => {
+                let c = (2.0f64 / std::f64::consts::PI).sqrt();
+                let t = (c * (x + 0.044715 * x.powi(3))).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+        };
+        g as f32
+    }
+}
+
+/// erf in f64 (Numerical Recipes erfc, |error| < 1.2e-7) for the CPU references.
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        1.0 - r
+    } else {
+        r - 1.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    gpu: &Gpu,
+    c: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    params: MatmulParams,
+    act: Act,
+    accum: bool,
+) {
+    assert!(
+        c.dtype != crate::gpu::DType::F16 || params.n % 2 == 0,
+        "f16 matmul output needs an even number of columns (got {})",
+        params.n
+    );
+    let overrides = [
+        ("A_F16", a.dtype.is_f16()),
+        ("B_F16", b.dtype.is_f16()),
+        ("C_F16", c.dtype.is_f16()),
+        ("BIAS_F16", bias.map_or(0.0, |t| t.dtype.is_f16())),
+        ("HAS_BIAS", if bias.is_some() { 1.0 } else { 0.0 }),
+        ("ACT", act.code() as f64),
+        ("ACCUM", if accum { 1.0 } else { 0.0 }),
+    ];
+    let bias_t = bias.unwrap_or(gpu.dummy());
+    gpu.launch(
+        &shader!("matmul"),
+        "matmul_forward",
+        &overrides,
+        &params,
+        &[(1, a), (2, b), (3, bias_t), (4, c)],
+        [params.n.div_ceil(64), params.m.div_ceil(64), 1],
+    );
+}
+
+/// `out = act(x · wᵀ + bias)`: x (.., K), w (N, K) as nn.Linear stores it, out (.., N).
+pub fn linear_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    act: Act,
+) {
+    let (n, k) = (w.shape[0], w.shape[1]);
+    let m = x.rows();
+    assert_eq!(
+        x.cols(),
+        k,
+        "linear_forward: x {:?} vs w {:?}",
+        x.shape,
+        w.shape
+    );
+    assert_eq!(
+        (out.rows(), out.cols()),
+        (m, n),
+        "linear_forward: out {:?}",
+        out.shape
+    );
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        _pad: 0,
+        a_sm: k as u32,
+        a_sk: 1,
+        b_sk: 1,
+        b_sn: k as u32,
+    };
+    gemm(gpu, out, x, w, bias, p, act, false);
+}
+
+/// `dx (+)= dy · w`: dy (.., N), w (N, K), dx (.., K).
+pub fn linear_backward_input(
+    gpu: &Gpu,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    accum: bool,
+) {
+    let (n, k) = (w.shape[0], w.shape[1]);
+    let m = dy.rows();
+    assert_eq!(dy.cols(), n);
+    assert_eq!((dx.rows(), dx.cols()), (m, k));
+    let p = MatmulParams {
+        m: m as u32,
+        n: k as u32,
+        k: n as u32,
+        _pad: 0,
+        a_sm: n as u32,
+        a_sk: 1,
+        b_sk: k as u32,
+        b_sn: 1,
+    };
+    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+}
+
+/// `dw (+)= dyᵀ · x`: dy (M, N), x (M, K), dw (N, K).
+pub fn linear_backward_weight(
+    gpu: &Gpu,
+    dw: &GpuTensor,
+    dy: &GpuTensor,
+    x: &GpuTensor,
+    accum: bool,
+) {
+    let (n, k) = (dw.shape[0], dw.shape[1]);
+    let m = dy.rows();
+    assert_eq!(
+        (dy.cols(), x.rows(), x.cols()),
+        (n, m, k),
+        "linear_backward_weight shapes"
+    );
+    let p = MatmulParams {
+        m: n as u32,
+        n: k as u32,
+        k: m as u32,
+        _pad: 0,
+        a_sm: 1,
+        a_sk: n as u32,
+        b_sk: k as u32,
+        b_sn: 1,
+    };
+    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+}
+
+/// `db (+)= Σ_rows dy`: dy (M, N), db (N).
+pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
+    let (m, n) = (dy.rows(), dy.cols());
+    assert_eq!(db.numel(), n);
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: 0,
+        _pad: 0,
+        a_sm: 0,
+        a_sk: 0,
+        b_sk: 0,
+        b_sn: 0,
+    };
+    let overrides = [
+        ("A_F16", dy.dtype.is_f16()),
+        ("C_F16", db.dtype.is_f16()),
+        ("ACCUM", if accum { 1.0 } else { 0.0 }),
+    ];
+    gpu.launch(
+        &shader!("matmul"),
+        "matmul_bias_backward",
+        &overrides,
+        &p,
+        &[(1, dy), (4, db)],
+        [(n as u32).div_ceil(2).div_ceil(64), 1, 1],
+    );
+}
+
+/// CPU reference of [`linear_forward`]: x (M, K), w (N, K).
+pub fn linear_forward_cpu(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for t in 0..k {
+                s += x[i * k + t] as f64 * w[j * k + t] as f64;
+            }
+            let v = s as f32 + bias.map_or(0.0, |b| b[j]);
+            out[i * n + j] = act.apply(v);
+        }
+    }
+    out
+}
+
+/// CPU reference of the three linear gradients: returns (dx, dw, db).
+pub fn linear_backward_cpu(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0; m * k];
+    let mut dw = vec![0.0; n * k];
+    let mut db = vec![0.0; n];
+    for i in 0..m {
+        for j in 0..n {
+            let g = dy[i * n + j];
+            db[j] += g;
+            for t in 0..k {
+                dx[i * k + t] += g * w[j * k + t];
+                dw[j * k + t] += g * x[i * k + t];
+            }
+        }
+    }
+    (dx, dw, db)
+}

@@ -1,0 +1,151 @@
+//! Matmul family against CPU references on awkward shapes, and against PyTorch fixtures.
+
+mod common;
+use common::*;
+use vitgpu::gpu::DType;
+use vitgpu::kernels::matmul::*;
+
+// f32 storage: sums of ≤ 200 products of O(1) values; f32 accumulation error is ~1e-6 relative.
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes() {
+    let g = gpu();
+    for &(m, n, k, act) in &[
+        (37, 29, 50, Act::None),
+        (1, 3, 7, Act::Gelu),
+        (65, 130, 17, Act::GeluTanh),
+        (129, 66, 96, Act::Gelu),
+    ] {
+        let x = rand_vec(m * k, 1, 1.0);
+        let w = rand_vec(n * k, 2, 1.0);
+        let b = rand_vec(n, 3, 1.0);
+        let xt = g.upload(&x, &[m, k], DType::F32).unwrap();
+        let wt = g.upload(&w, &[n, k], DType::F32).unwrap();
+        let bt = g.upload(&b, &[n], DType::F32).unwrap();
+        let out = g.alloc(&[m, n], DType::F32).unwrap();
+        linear_forward(g, &out, &xt, &wt, Some(&bt), act);
+        let want = linear_forward_cpu(&x, &w, Some(&b), act, m, n, k);
+        assert_close(
+            &format!("linear {m}x{n}x{k} {act:?}"),
+            &g.read(&out).unwrap(),
+            &want,
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
+#[test]
+fn linear_backward_matches_cpu() {
+    let g = gpu();
+    let (m, n, k) = (37, 29, 50);
+    let x = rand_vec(m * k, 4, 1.0);
+    let w = rand_vec(n * k, 5, 1.0);
+    let dy = rand_vec(m * n, 6, 1.0);
+    let xt = g.upload(&x, &[m, k], DType::F32).unwrap();
+    let wt = g.upload(&w, &[n, k], DType::F32).unwrap();
+    let dyt = g.upload(&dy, &[m, n], DType::F32).unwrap();
+    let dx = g.alloc(&[m, k], DType::F32).unwrap();
+    let dw = g.alloc(&[n, k], DType::F32).unwrap();
+    let db = g.alloc(&[n], DType::F32).unwrap();
+    linear_backward_input(g, &dx, &dyt, &wt, false);
+    linear_backward_weight(g, &dw, &dyt, &xt, false);
+    bias_backward(g, &db, &dyt, false);
+    let (wdx, wdw, wdb) = linear_backward_cpu(&dy, &x, &w, m, n, k);
+    assert_close("dx", &g.read(&dx).unwrap(), &wdx, ATOL, RTOL);
+    assert_close("dw", &g.read(&dw).unwrap(), &wdw, ATOL, RTOL);
+    assert_close("db", &g.read(&db).unwrap(), &wdb, ATOL, RTOL);
+    // Accumulation adds onto what is there.
+    linear_backward_weight(g, &dw, &dyt, &xt, true);
+    bias_backward(g, &db, &dyt, true);
+    let twice: Vec<f32> = wdw.iter().map(|v| 2.0 * v).collect();
+    assert_close("dw accumulated", &g.read(&dw).unwrap(), &twice, ATOL, RTOL);
+    let twice: Vec<f32> = wdb.iter().map(|v| 2.0 * v).collect();
+    assert_close("db accumulated", &g.read(&db).unwrap(), &twice, ATOL, RTOL);
+}
+
+#[test]
+fn linear_f16_storage_within_half_precision() {
+    let g = gpu();
+    let (m, n, k) = (33, 200, 96);
+    let x = rand_vec(m * k, 7, 1.0);
+    let w = rand_vec(n * k, 8, 0.2);
+    let b = rand_vec(n, 9, 1.0);
+    let xt = g.upload(&x, &[m, k], DType::F16).unwrap();
+    let wt = g.upload(&w, &[n, k], DType::F16).unwrap();
+    let bt = g.upload(&b, &[n], DType::F16).unwrap();
+    let out = g.alloc(&[m, n], DType::F16).unwrap();
+    linear_forward(g, &out, &xt, &wt, Some(&bt), Act::Gelu);
+    let want = linear_forward_cpu(&x, &w, Some(&b), Act::Gelu, m, n, k);
+    // Inputs and output rounded to f16 (relative 2^-11 each); with |x·w| sums of 96 terms of
+    // size ≤ 0.2 the input rounding adds ≤ ~3e-3 absolute; the output rounding 5e-4 relative.
+    assert_close("linear f16", &g.read(&out).unwrap(), &want, 5e-3, 2e-3);
+}
+
+#[test]
+fn linear_matches_pytorch_fixture() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    for (case, act) in [("matmul", Act::None), ("matmul_gelu", Act::Gelu)] {
+        let (xs, x) = get(&f, &format!("{case}.x"));
+        let (ws, w) = get(&f, &format!("{case}.w"));
+        let (_, b) = get(&f, &format!("{case}.b"));
+        let xt = g.upload(x, xs, DType::F32).unwrap();
+        let wt = g.upload(w, ws, DType::F32).unwrap();
+        let bt = g.upload(b, &[b.len()], DType::F32).unwrap();
+        let out = g.alloc(&[xs[0], ws[0]], DType::F32).unwrap();
+        linear_forward(g, &out, &xt, &wt, Some(&bt), act);
+        assert_close(
+            case,
+            &g.read(&out).unwrap(),
+            &get(&f, &format!("{case}.out")).1,
+            1e-5,
+            1e-4,
+        );
+        if case == "matmul_gelu" {
+            linear_forward(g, &out, &xt, &wt, Some(&bt), Act::GeluTanh);
+            assert_close(
+                "matmul_gelu_tanh",
+                &g.read(&out).unwrap(),
+                &get(&f, "matmul_gelu_tanh.out").1,
+                1e-5,
+                1e-4,
+            );
+        }
+    }
+    let (xs, x) = get(&f, "matmul.x");
+    let (ws, w) = get(&f, "matmul.w");
+    let (dys, dy) = get(&f, "matmul.dout");
+    let xt = g.upload(x, xs, DType::F32).unwrap();
+    let wt = g.upload(w, ws, DType::F32).unwrap();
+    let dyt = g.upload(dy, dys, DType::F32).unwrap();
+    let dx = g.alloc(xs, DType::F32).unwrap();
+    let dw = g.alloc(ws, DType::F32).unwrap();
+    let db = g.alloc(&[ws[0]], DType::F32).unwrap();
+    linear_backward_input(g, &dx, &dyt, &wt, false);
+    linear_backward_weight(g, &dw, &dyt, &xt, false);
+    bias_backward(g, &db, &dyt, false);
+    assert_close(
+        "matmul.dx",
+        &g.read(&dx).unwrap(),
+        &get(&f, "matmul.dx").1,
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        "matmul.dw",
+        &g.read(&dw).unwrap(),
+        &get(&f, "matmul.dw").1,
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        "matmul.db",
+        &g.read(&db).unwrap(),
+        &get(&f, "matmul.db").1,
+        1e-5,
+        1e-4,
+    );
+}
