@@ -25,14 +25,6 @@ pub(crate) fn grid(n: u32) -> [u32; 3] {
     }
 }
 
-fn f(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
-    }
-}
-
 /// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
 pub fn layernorm_forward(
     gpu: &Gpu,
@@ -98,7 +90,7 @@ pub fn layernorm_backward(
         ("W_F16", w.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DX_F16", dinp.dtype.is_f16()),
-        ("ACCUM", f(accum)),
+        ("ACCUM", super::flag(accum)),
         ("WG", WG as f64),
     ];
     gpu.launch(
@@ -138,7 +130,7 @@ pub fn layernorm_backward_params(
         ("X_F16", inp.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DW_F16", dw.dtype.is_f16()),
-        ("ACCUM", f(accum)),
+        ("ACCUM", super::flag(accum)),
         ("WG", WG as f64),
     ];
     gpu.launch(

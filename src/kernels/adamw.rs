@@ -1,0 +1,143 @@
+//! AdamW family (`shaders/adamw.wgsl`): the fused optimizer step over one flat parameter
+//! buffer, the gradient sum of squares (clipping, inf/NaN check) and the f16 weight copy.
+
+use super::grid_1d;
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::shader;
+use anyhow::Result;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in adamw.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+pub struct AdamWParams {
+    pub n: u32,
+    pub n_decay: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub grad_scale: f32,
+    pub _pad: [u32; 2],
+}
+
+/// Hyperparameters of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count (bias correction).
+    pub t: u32,
+    /// Every gradient is multiplied by this first (1/loss scale × clip coefficient).
+    pub grad_scale: f32,
+}
+
+impl AdamWStep {
+    fn params(&self, n: usize, n_decay: usize) -> AdamWParams {
+        let t = self.t as i32;
+        AdamWParams {
+            n: n as u32,
+            n_decay: n_decay as u32,
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step_size: (self.lr as f64 / (1.0 - (self.beta1 as f64).powi(t))) as f32,
+            bc2_sqrt: (1.0 - (self.beta2 as f64).powi(t)).sqrt() as f32,
+            grad_scale: self.grad_scale,
+            _pad: [0; 2],
+        }
+    }
+}
+
+const WG: u32 = 256;
+
+/// One AdamW step on flat f32 `params`; elements `[0, n_decay)` are decayed.
+pub fn adamw_step(
+    gpu: &Gpu,
+    params: &GpuTensor,
+    m: &GpuTensor,
+    v: &GpuTensor,
+    grads: &GpuTensor,
+    n_decay: usize,
+    step: &AdamWStep,
+) {
+    let n = params.numel();
+    assert!([params, m, v, grads]
+        .iter()
+        .all(|t| t.dtype == DType::F32 && t.numel() == n));
+    let p = step.params(n, n_decay);
+    gpu.launch(
+        &shader!("adamw"),
+        "adamw_step",
+        &[("WG", WG as f64)],
+        &p,
+        &[(1, params), (2, grads), (3, m), (4, v)],
+        grid_1d(n as u32, WG),
+    );
+}
+
+/// Σ grads² (f64 on the host; inf/NaN propagate so the caller can skip the step).
+pub fn grad_sumsq(gpu: &Gpu, grads: &GpuTensor, partial: &GpuTensor) -> Result<f64> {
+    let groups = partial.numel() as u32;
+    let p = AdamWParams {
+        n: grads.numel() as u32,
+        ..Default::default()
+    };
+    gpu.launch(
+        &shader!("adamw"),
+        "adamw_sumsq",
+        &[("WG", WG as f64)],
+        &p,
+        &[(2, grads), (5, partial)],
+        [groups, 1, 1],
+    );
+    Ok(gpu.read(partial)?.iter().map(|&x| x as f64).sum())
+}
+
+/// `half = f16(params)` for f16 training's forward weights.
+pub fn cast_f16(gpu: &Gpu, half: &GpuTensor, params: &GpuTensor) {
+    assert_eq!((half.dtype, half.numel()), (DType::F16, params.numel()));
+    let n = params.numel() as u32;
+    let p = AdamWParams {
+        n,
+        ..Default::default()
+    };
+    gpu.launch(
+        &shader!("adamw"),
+        "adamw_cast_f16",
+        &[("WG", WG as f64)],
+        &p,
+        &[(1, params), (6, half)],
+        grid_1d(n.div_ceil(2), WG),
+    );
+}
+
+/// CPU reference of one step, element order as torch.optim.AdamW.
+pub fn adamw_step_cpu(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    decay: bool,
+    s: &AdamWStep,
+) {
+    let k = s.params(p.len(), 0);
+    for i in 0..p.len() {
+        let g = g[i] * s.grad_scale;
+        let mut w = p[i];
+        if decay {
+            w *= 1.0 - s.lr * s.weight_decay;
+        }
+        m[i] += (1.0 - s.beta1) * (g - m[i]);
+        v[i] = v[i] * s.beta2 + (1.0 - s.beta2) * g * g;
+        p[i] = w - k.step_size * (m[i] / (v[i].sqrt() / k.bc2_sqrt + s.eps));
+    }
+}

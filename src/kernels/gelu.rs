@@ -1,0 +1,76 @@
+//! GELU family (`shaders/gelu.wgsl`): standalone activation forward/backward (training keeps
+//! the pre-activation; inference fuses GELU into the matmul epilogue instead).
+
+use super::{flag, grid_1d};
+use crate::gpu::{Gpu, GpuTensor};
+use crate::kernels::Act;
+use crate::shader;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in gelu.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub n: u32,
+    pub _pad: [u32; 3],
+}
+
+const WG: u32 = 256;
+
+pub fn gelu_forward(gpu: &Gpu, out: &GpuTensor, inp: &GpuTensor, act: Act) {
+    assert_eq!(out.numel(), inp.numel());
+    let n = inp.numel() as u32;
+    let ov = [
+        ("X_F16", inp.dtype.is_f16()),
+        ("Y_F16", out.dtype.is_f16()),
+        ("ACT", act.code() as f64),
+        ("WG", WG as f64),
+    ];
+    let p = ElementwiseParams { n, _pad: [0; 3] };
+    gpu.launch(
+        &shader!("gelu"),
+        "gelu_forward",
+        &ov,
+        &p,
+        &[(1, inp), (2, out)],
+        grid_1d(n.div_ceil(2), WG),
+    );
+}
+
+/// `dinp (+)= dout · act'(inp)`.
+pub fn gelu_backward(
+    gpu: &Gpu,
+    dinp: &GpuTensor,
+    dout: &GpuTensor,
+    inp: &GpuTensor,
+    act: Act,
+    accum: bool,
+) {
+    assert_eq!(dinp.numel(), inp.numel());
+    let n = inp.numel() as u32;
+    let ov = [
+        ("X_F16", inp.dtype.is_f16()),
+        ("DY_F16", dout.dtype.is_f16()),
+        ("DX_F16", dinp.dtype.is_f16()),
+        ("ACT", act.code() as f64),
+        ("ACCUM", flag(accum)),
+        ("WG", WG as f64),
+    ];
+    let p = ElementwiseParams { n, _pad: [0; 3] };
+    gpu.launch(
+        &shader!("gelu"),
+        "gelu_backward",
+        &ov,
+        &p,
+        &[(1, inp), (3, dout), (4, dinp)],
+        grid_1d(n.div_ceil(2), WG),
+    );
+}
+
+pub fn gelu_forward_cpu(x: &[f32], act: Act) -> Vec<f32> {
+    x.iter().map(|&v| act.apply(v)).collect()
+}
+
+pub fn gelu_backward_cpu(dy: &[f32], x: &[f32], act: Act) -> Vec<f32> {
+    x.iter().zip(dy).map(|(&v, &g)| g * act.grad(v)).collect()
+}

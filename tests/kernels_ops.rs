@@ -1,0 +1,481 @@
+//! Layer norm, GELU, residual, patch/position embedding, softmax cross-entropy and AdamW
+//! kernels against PyTorch fixtures (f32) and CPU references (f16 storage).
+
+mod common;
+use common::*;
+use vitgpu::gpu::DType;
+use vitgpu::kernels::adamw::*;
+use vitgpu::kernels::embed::*;
+use vitgpu::kernels::gelu::*;
+use vitgpu::kernels::layernorm::*;
+use vitgpu::kernels::matmul::*;
+use vitgpu::kernels::residual::*;
+use vitgpu::kernels::softmax::*;
+
+// f32 kernels vs torch f32: a few ulps per op; sums over ≤ 100 terms stay within 1e-5.
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+#[test]
+fn layernorm_matches_pytorch() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (xs, x) = get(&f, "layernorm.x");
+    let (_, w) = get(&f, "layernorm.w");
+    let (_, b) = get(&f, "layernorm.b");
+    let rows = xs[0] * xs[1];
+    let xt = g.upload(x, xs, DType::F32).unwrap();
+    let wt = g.upload(w, &[96], DType::F32).unwrap();
+    let bt = g.upload(b, &[96], DType::F32).unwrap();
+    let out = g.alloc(xs, DType::F32).unwrap();
+    let mean = g.alloc(&[rows], DType::F32).unwrap();
+    let rstd = g.alloc(&[rows], DType::F32).unwrap();
+    layernorm_forward(g, &out, &mean, &rstd, &xt, &wt, &bt, 1e-12);
+    assert_close(
+        "layernorm.out",
+        &g.read(&out).unwrap(),
+        &get(&f, "layernorm.out").1,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "layernorm.mean",
+        &g.read(&mean).unwrap(),
+        &get(&f, "layernorm.mean").1,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "layernorm.rstd",
+        &g.read(&rstd).unwrap(),
+        &get(&f, "layernorm.rstd").1,
+        ATOL,
+        RTOL,
+    );
+    let dy = g
+        .upload(&get(&f, "layernorm.dout").1, xs, DType::F32)
+        .unwrap();
+    let dx = g.alloc(xs, DType::F32).unwrap();
+    let dw = g.alloc(&[96], DType::F32).unwrap();
+    let db = g.alloc(&[96], DType::F32).unwrap();
+    layernorm_backward(
+        g,
+        &dx,
+        Some(&dw),
+        Some(&db),
+        &dy,
+        &xt,
+        &wt,
+        &mean,
+        &rstd,
+        false,
+    );
+    assert_close(
+        "layernorm.dx",
+        &g.read(&dx).unwrap(),
+        &get(&f, "layernorm.dx").1,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "layernorm.dw",
+        &g.read(&dw).unwrap(),
+        &get(&f, "layernorm.dw").1,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "layernorm.db",
+        &g.read(&db).unwrap(),
+        &get(&f, "layernorm.db").1,
+        ATOL,
+        RTOL,
+    );
+}
+
+#[test]
+fn layernorm_odd_width_and_f16_storage() {
+    let g = gpu();
+    for (cols, dt, atol) in [(37usize, DType::F32, 1e-5f32), (200, DType::F16, 2e-2)] {
+        let rows = 5;
+        let x: Vec<f32> = rand_vec(rows * cols, 11, 2.0)
+            .iter()
+            .map(|v| v + 0.3)
+            .collect();
+        let w: Vec<f32> = rand_vec(cols, 12, 0.5).iter().map(|v| v + 1.0).collect();
+        let b = rand_vec(cols, 13, 0.2);
+        let dyv = rand_vec(rows * cols, 14, 1.0);
+        let xt = g.upload(&x, &[rows, cols], dt).unwrap();
+        let wt = g.upload(&w, &[cols], dt).unwrap();
+        let bt = g.upload(&b, &[cols], dt).unwrap();
+        let out = g.alloc(&[rows, cols], dt).unwrap();
+        let mean = g.alloc(&[rows], DType::F32).unwrap();
+        let rstd = g.alloc(&[rows], DType::F32).unwrap();
+        layernorm_forward(g, &out, &mean, &rstd, &xt, &wt, &bt, 1e-5);
+        let (want, _, _) = layernorm_forward_cpu(&x, &w, &b, cols, 1e-5);
+        // f16: inputs and outputs rounded to 11 bits; outputs are O(3), so ≤ 2e-3 each plus
+        // the input rounding amplified by rstd (≈0.9) and w (≤1.5): 2e-2 covers it.
+        assert_close(
+            &format!("layernorm {cols} {dt:?}"),
+            &g.read(&out).unwrap(),
+            &want,
+            atol,
+            1e-3,
+        );
+        let dy = g.upload(&dyv, &[rows, cols], dt).unwrap();
+        let dx = g.alloc(&[rows, cols], dt).unwrap();
+        let dw = g.alloc(&[cols], dt).unwrap();
+        let db = g.alloc(&[cols], dt).unwrap();
+        layernorm_backward(
+            g,
+            &dx,
+            Some(&dw),
+            Some(&db),
+            &dy,
+            &xt,
+            &wt,
+            &mean,
+            &rstd,
+            false,
+        );
+        let (wdx, wdw, wdb) = layernorm_backward_cpu(&dyv, &x, &w, cols, 1e-5);
+        assert_close("layernorm dx", &g.read(&dx).unwrap(), &wdx, atol, 1e-3);
+        assert_close(
+            "layernorm dw",
+            &g.read(&dw).unwrap(),
+            &wdw,
+            atol * 5.0,
+            1e-3,
+        );
+        assert_close(
+            "layernorm db",
+            &g.read(&db).unwrap(),
+            &wdb,
+            atol * 5.0,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn gelu_matches_pytorch() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (xs, x) = get(&f, "gelu.x");
+    let xt = g.upload(x, xs, DType::F32).unwrap();
+    let dy = g.upload(&get(&f, "gelu.dout").1, xs, DType::F32).unwrap();
+    let out = g.alloc(xs, DType::F32).unwrap();
+    let dx = g.alloc(xs, DType::F32).unwrap();
+    for (act, name) in [(Act::Gelu, "gelu"), (Act::GeluTanh, "gelu_tanh")] {
+        gelu_forward(g, &out, &xt, act);
+        gelu_backward(g, &dx, &dy, &xt, act, false);
+        // erf is a 1.5e-7-accurate approximation; values up to ~12.
+        assert_close(
+            &format!("{name}.out"),
+            &g.read(&out).unwrap(),
+            &get(&f, &format!("{name}.out")).1,
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{name}.dx"),
+            &g.read(&dx).unwrap(),
+            &get(&f, &format!("{name}.dx")).1,
+            1e-5,
+            1e-5,
+        );
+        // The CPU reference agrees too.
+        assert_close(
+            "gelu cpu",
+            &gelu_forward_cpu(x, act),
+            &get(&f, &format!("{name}.out")).1,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn residual_add_and_accumulate() {
+    let g = gpu();
+    for (n, dt, tol) in [(1001usize, DType::F32, 0.0f32), (1000, DType::F16, 2e-3)] {
+        let a = rand_vec(n, 21, 1.0);
+        let b = rand_vec(n, 22, 1.0);
+        let at = g.upload(&a, &[n], dt).unwrap();
+        let bt = g.upload(&b, &[n], dt).unwrap();
+        let out = g.alloc(&[n], dt).unwrap();
+        residual_forward(g, &out, &at, &bt);
+        assert_close(
+            "residual",
+            &g.read(&out).unwrap(),
+            &residual_forward_cpu(&a, &b),
+            tol,
+            1e-3,
+        );
+        residual_backward(g, &out, &at, true);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 2.0 * x + y).collect();
+        assert_close(
+            "residual accumulate",
+            &g.read(&out).unwrap(),
+            &want,
+            tol * 2.0,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn patch_embedding_matches_pytorch_conv() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (ps, pix) = get(&f, "patch.pixels");
+    let (ws, w) = get(&f, "patch.w");
+    let (_, b) = get(&f, "patch.b");
+    let (bsz, c, h, wd, p) = (ps[0], ps[1], ps[2], ps[3], ws[2]);
+    let np = (h / p) * (wd / p);
+    let k = c * p * p;
+    let pixt = g.upload(pix, ps, DType::F32).unwrap();
+    let cols = g.alloc(&[bsz * np, k], DType::F32).unwrap();
+    patch_im2col(g, &cols, &pixt, p);
+    assert_close(
+        "im2col",
+        &g.read(&cols).unwrap(),
+        &patch_im2col_cpu(pix, bsz, c, h, wd, p),
+        0.0,
+        0.0,
+    );
+    let wt = g.upload(w, &[ws[0], k], DType::F32).unwrap();
+    let bt = g.upload(b, &[ws[0]], DType::F32).unwrap();
+    let out = g.alloc(&[bsz * np, ws[0]], DType::F32).unwrap();
+    linear_forward(g, &out, &cols, &wt, Some(&bt), Act::None);
+    assert_close(
+        "patch.out",
+        &g.read(&out).unwrap(),
+        &get(&f, "patch.out").1,
+        ATOL,
+        RTOL,
+    );
+    let dy = g
+        .upload(&get(&f, "patch.dout").1, &[bsz * np, ws[0]], DType::F32)
+        .unwrap();
+    let dw = g.alloc(&[ws[0], k], DType::F32).unwrap();
+    let db = g.alloc(&[ws[0]], DType::F32).unwrap();
+    linear_backward_weight(g, &dw, &dy, &cols, false);
+    bias_backward(g, &db, &dy, false);
+    assert_close(
+        "patch.dw",
+        &g.read(&dw).unwrap(),
+        &get(&f, "patch.dw").1,
+        1e-4,
+        RTOL,
+    );
+    assert_close(
+        "patch.db",
+        &g.read(&db).unwrap(),
+        &get(&f, "patch.db").1,
+        ATOL,
+        RTOL,
+    );
+}
+
+#[test]
+fn cls_and_position_embedding_match_pytorch() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (pshape, patches) = get(&f, "embed.patches");
+    let (bsz, np, c) = (pshape[0], pshape[1], pshape[2]);
+    let t = np + 1;
+    let pt = g.upload(patches, pshape, DType::F32).unwrap();
+    let cls = g.upload(&get(&f, "embed.cls").1, &[c], DType::F32).unwrap();
+    let pos = g
+        .upload(&get(&f, "embed.pos").1, &[t, c], DType::F32)
+        .unwrap();
+    let out = g.alloc(&[bsz, t, c], DType::F32).unwrap();
+    embed_forward(g, &out, &pt, &cls, &pos);
+    assert_close(
+        "embed.out",
+        &g.read(&out).unwrap(),
+        &get(&f, "embed.out").1,
+        0.0,
+        1e-6,
+    );
+    let dout = g
+        .upload(&get(&f, "embed.dout").1, &[bsz, t, c], DType::F32)
+        .unwrap();
+    let dp = g.alloc(pshape, DType::F32).unwrap();
+    // dcls and dpos as views of one flat gradient buffer, as training lays them out.
+    let flat = g.alloc(&[128 + t * c], DType::F32).unwrap();
+    let dcls = flat.view(0, &[c]);
+    let dpos = flat.view(128, &[t, c]);
+    embed_backward(g, &dp, &dcls, &dpos, &dout, false);
+    assert_close(
+        "embed.dpatches",
+        &g.read(&dp).unwrap(),
+        &get(&f, "embed.dpatches").1,
+        0.0,
+        0.0,
+    );
+    assert_close(
+        "embed.dcls",
+        &g.read(&dcls).unwrap(),
+        &get(&f, "embed.dcls").1,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "embed.dpos",
+        &g.read(&dpos).unwrap(),
+        &get(&f, "embed.dpos").1,
+        ATOL,
+        RTOL,
+    );
+}
+
+#[test]
+fn softmax_and_cross_entropy_match_pytorch() {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (xs, x) = get(&f, "softmax.x");
+    let xt = g.upload(x, xs, DType::F32).unwrap();
+    let out = g.alloc(xs, DType::F32).unwrap();
+    softmax_forward(g, &out, &xt);
+    assert_close(
+        "softmax",
+        &g.read(&out).unwrap(),
+        &get(&f, "softmax.out").1,
+        1e-7,
+        1e-5,
+    );
+
+    let (ls, logits) = get(&f, "xent.logits");
+    let labels: Vec<u32> = get(&f, "xent.labels").1.iter().map(|&v| v as u32).collect();
+    let lt = g.upload(logits, ls, DType::F32).unwrap();
+    let lab = g.upload_u32(&labels);
+    let losses = g.alloc(&[ls[0]], DType::F32).unwrap();
+    cross_entropy_forward(g, &losses, &lt, &lab);
+    let mean = g.read(&losses).unwrap().iter().sum::<f32>() / ls[0] as f32;
+    assert_close("xent.loss", &[mean], &get(&f, "xent.loss").1, 1e-6, 1e-5);
+    let d = g.alloc(ls, DType::F32).unwrap();
+    cross_entropy_backward(g, &d, &lt, &lab, 1.0 / ls[0] as f32);
+    assert_close(
+        "xent.dlogits",
+        &g.read(&d).unwrap(),
+        &get(&f, "xent.dlogits").1,
+        1e-7,
+        1e-5,
+    );
+    let (cpu_loss, cpu_d) = cross_entropy_cpu(logits, &labels, ls[1]);
+    assert_close("xent cpu", &[cpu_loss], &get(&f, "xent.loss").1, 1e-6, 1e-5);
+    assert_close("xent cpu d", &cpu_d, &get(&f, "xent.dlogits").1, 1e-7, 1e-5);
+}
+
+/// Both torch param groups in one flat buffer, decayed first; 3 steps; optionally clipped.
+fn run_adamw(clip: bool) {
+    let g = gpu();
+    let f = load_fixture("kernels.safetensors");
+    let (p0, p1) = (&get(&f, "adamw.p0").1, &get(&f, "adamw.p1").1);
+    let (n0, n1) = (p0.len(), p1.len());
+    let off1 = n0.div_ceil(64) * 64; // 256-byte aligned view
+    let total = off1 + n1;
+    let mut init = vec![0.0; total];
+    init[..n0].copy_from_slice(p0);
+    init[off1..].copy_from_slice(p1);
+    let params = g.upload(&init, &[total], DType::F32).unwrap();
+    let m = g.alloc(&[total], DType::F32).unwrap();
+    let v = g.alloc(&[total], DType::F32).unwrap();
+    let grads = g.alloc(&[total], DType::F32).unwrap();
+    let partial = g.alloc(&[8], DType::F32).unwrap();
+    for t in 1..=3 {
+        let mut gr = vec![0.0; total];
+        gr[..n0].copy_from_slice(&get(&f, &format!("adamw.g0.step{t}")).1);
+        gr[off1..].copy_from_slice(&get(&f, &format!("adamw.g1.step{t}")).1);
+        g.write(&grads, &gr);
+        let mut scale = 1.0;
+        if clip {
+            let norm = grad_sumsq(g, &grads, &partial).unwrap().sqrt();
+            assert_close(
+                "grad norm",
+                &[norm as f32],
+                &get(&f, &format!("adamw_clip.norm.step{t}")).1,
+                1e-4,
+                1e-5,
+            );
+            // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
+            scale = (1.0 / (norm + 1e-6)).min(1.0) as f32;
+        }
+        let step = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            t,
+            grad_scale: scale,
+        };
+        // Elements [0, off1) decay: p0 plus padding that stays zero.
+        adamw_step(g, &params, &m, &v, &grads, off1, &step);
+        let got = g.read(&params).unwrap();
+        let pre = if clip { "adamw_clip" } else { "adamw" };
+        // f32 Adam vs torch: same operation order; ~1 ulp per op of values O(1).
+        assert_close(
+            &format!("{pre}.p0.after{t}"),
+            &got[..n0],
+            &get(&f, &format!("{pre}.p0.after{t}")).1,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("{pre}.p1.after{t}"),
+            &got[off1..],
+            &get(&f, &format!("{pre}.p1.after{t}")).1,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn adamw_matches_torch() {
+    run_adamw(false);
+}
+
+#[test]
+fn adamw_with_global_norm_clipping_matches_torch() {
+    run_adamw(true);
+}
+
+#[test]
+fn adamw_cpu_reference_matches_torch_and_cast_f16_rounds() {
+    let f = load_fixture("kernels.safetensors");
+    let mut p = get(&f, "adamw.p0").1.clone();
+    let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+    for t in 1..=3 {
+        let s = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            t,
+            grad_scale: 1.0,
+        };
+        adamw_step_cpu(
+            &mut p,
+            &mut m,
+            &mut v,
+            &get(&f, &format!("adamw.g0.step{t}")).1,
+            true,
+            &s,
+        );
+    }
+    assert_close("cpu adamw", &p, &get(&f, "adamw.p0.after3").1, 1e-6, 1e-5);
+
+    let g = gpu();
+    let x = rand_vec(301, 5, 3.0);
+    let xt = g.upload(&x, &[301], DType::F32).unwrap();
+    let h = g.alloc(&[301], DType::F16).unwrap();
+    cast_f16(g, &h, &xt);
+    let want: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    // Rounding mode of pack2x16float is implementation-defined: allow one f16 ulp (2^-10 · 4).
+    assert_close("cast f16", &g.read(&h).unwrap(), &want, 4e-3, 0.0);
+}
