@@ -1,1 +1,4 @@
 //! The Vision Transformer model: config, weights, forward pass.
+
+pub mod config;
+pub use config::*;

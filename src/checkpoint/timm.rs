@@ -1,0 +1,554 @@
+//! timm `VisionTransformer` checkpoints: maps timm tensor names (fused qkv, `blocks.N.*`) and its `config.json` to the canonical Hugging Face ViT layout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Value};
+
+use super::{expected_tensors, Checkpoint, CheckpointFormat, DtypeTally, Found, HostTensor, Store};
+use crate::model::{Activation, Config};
+
+/// Why a timm tensor outside the plain-ViT set cannot be represented, if we know.
+fn unsupported_reason(name: &str) -> &'static str {
+    let in_block = |part: &str| name.starts_with("blocks.") && name.contains(part);
+    if name.starts_with("fc_norm.") {
+        "it belongs to global average pooling with fc_norm (global_pool='avg')"
+    } else if name == "reg_token" {
+        "it holds register tokens (reg_tokens > 0)"
+    } else if name == "dist_token" || name.starts_with("head_dist.") {
+        "it belongs to a distilled DeiT (distillation token)"
+    } else if name.starts_with("norm_pre.") {
+        "it is a pre-norm (pre_norm=True, CLIP style)"
+    } else if name.starts_with("attn_pool.") {
+        "it belongs to attention pooling (global_pool='map')"
+    } else if name.starts_with("patch_embed.norm.") {
+        "it normalises the patch embeddings"
+    } else if in_block(".ls1.") || in_block(".ls2.") {
+        "it is a layer scale (init_values)"
+    } else if in_block(".q_norm.") || in_block(".k_norm.") {
+        "it is a query/key norm (qk_norm=True)"
+    } else if in_block(".norm.") {
+        "it is an extra norm inside a block (scale_attn_norm / scale_mlp_norm)"
+    } else {
+        "no standard ViT has it"
+    }
+}
+
+/// Is `name` one of the tensors of a plain timm ViT?
+fn is_plain_vit_tensor(name: &str) -> bool {
+    const TOP: &[&str] = &[
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    ];
+    if TOP.contains(&name) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("blocks.") else {
+        return false;
+    };
+    let Some((idx, tail)) = rest.split_once('.') else {
+        return false;
+    };
+    idx.parse::<usize>().is_ok()
+        && matches!(
+            tail,
+            "norm1.weight"
+                | "norm1.bias"
+                | "norm2.weight"
+                | "norm2.bias"
+                | "attn.qkv.weight"
+                | "attn.qkv.bias"
+                | "attn.proj.weight"
+                | "attn.proj.bias"
+                | "mlp.fc1.weight"
+                | "mlp.fc1.bias"
+                | "mlp.fc2.weight"
+                | "mlp.fc2.bias"
+        )
+}
+
+fn as_size(v: &Value) -> Option<usize> {
+    v.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
+/// An integer or a square `[h, w]` list.
+fn square_size(v: &Value) -> Option<std::result::Result<usize, (usize, usize)>> {
+    match v {
+        Value::Array(a) if a.len() == 2 => {
+            let (h, w) = (as_size(&a[0])?, as_size(&a[1])?);
+            Some(if h == w { Ok(h) } else { Err((h, w)) })
+        }
+        _ => as_size(v).map(Ok),
+    }
+}
+
+fn pil_resample(interpolation: &str) -> u64 {
+    match interpolation {
+        "nearest" => 0,
+        "lanczos" => 1,
+        "bilinear" => 2,
+        "box" => 4,
+        "hamming" => 5,
+        _ => 3, // "bicubic", timm's default for ViT
+    }
+}
+
+/// A Hugging Face `ViTImageProcessor` config equivalent to timm's `pretrained_cfg`.
+fn preprocessor_from(pretrained: Option<&Value>, image_size: usize) -> Value {
+    let get = |k: &str| pretrained.and_then(|p| p.get(k));
+    let (h, w) = match get("input_size").and_then(Value::as_array) {
+        Some(a) if a.len() == 3 => (
+            as_size(&a[1]).unwrap_or(image_size),
+            as_size(&a[2]).unwrap_or(image_size),
+        ),
+        _ => (image_size, image_size),
+    };
+    let triple = |k: &str, default: f64| -> Value {
+        match get(k).and_then(Value::as_array) {
+            Some(a) if a.len() == 3 && a.iter().all(Value::is_number) => Value::Array(a.clone()),
+            _ => json!([default, default, default]),
+        }
+    };
+    let resample = get("interpolation")
+        .and_then(Value::as_str)
+        .map(pil_resample)
+        .unwrap_or(3);
+    json!({
+        "do_normalize": true,
+        "do_rescale": true,
+        "do_resize": true,
+        "image_mean": triple("mean", 0.5),
+        "image_processor_type": "ViTImageProcessor",
+        "image_std": triple("std", 0.5),
+        "resample": resample,
+        "rescale_factor": 1.0 / 255.0,
+        "size": {"height": h, "width": w},
+    })
+}
+
+/// Loads a timm ViT whose tensors are in `found` and whose timm `config.json` is `json`.
+pub(super) fn load(
+    json: &Value,
+    store: &Store,
+    found: &BTreeMap<String, Found<'_>>,
+    config_path: &Path,
+) -> Result<Checkpoint> {
+    let cfg_name = config_path.display();
+    let file_of = |f: &Found<'_>| store.path(f).display().to_string();
+
+    // Variants we cannot represent: say so by tensor name before anything else.
+    if let Some(f) = found.values().find(|f| !is_plain_vit_tensor(&f.name)) {
+        bail!(
+            "timm tensor `{}` in {} cannot be loaded: {}. vitgpu supports plain timm ViTs \
+             (class token, global_pool='token', no layer scale, registers or extra norms)",
+            f.name,
+            file_of(f),
+            unsupported_reason(&f.name)
+        );
+    }
+    let model_args = json.get("model_args").and_then(Value::as_object);
+    let arg = |k: &str| model_args.and_then(|m| m.get(k)).filter(|v| !v.is_null());
+    let global_pool = arg("global_pool").or_else(|| json.get("global_pool"));
+    if let Some(gp) = global_pool.and_then(Value::as_str) {
+        if gp != "token" {
+            bail!(
+                "{cfg_name}: timm global_pool is \"{gp}\"; vitgpu supports only class-token \
+                 pooling (global_pool='token')"
+            );
+        }
+    }
+    for (key, bad, what) in [
+        ("class_token", false, "a model without a class token"),
+        (
+            "no_embed_class",
+            true,
+            "position embeddings that skip the class token",
+        ),
+        ("fc_norm", true, "fc_norm pooling"),
+        ("pre_norm", true, "pre-norm"),
+    ] {
+        if arg(key).and_then(Value::as_bool) == Some(bad) {
+            bail!("{cfg_name}: model_args.{key} = {bad} ({what}) is not supported by vitgpu");
+        }
+    }
+    if let Some(act) = arg("act_layer") {
+        if act
+            .as_str()
+            .is_some_and(|a| a != "gelu" && a != "gelu_tanh")
+        {
+            bail!("{cfg_name}: model_args.act_layer {act} is not supported; use gelu or gelu_tanh");
+        }
+    }
+    let hidden_act = match arg("act_layer").and_then(Value::as_str) {
+        Some("gelu_tanh") => Activation::GeluTanh,
+        _ => Activation::Gelu,
+    };
+
+    let cls = found.get("cls_token").ok_or_else(|| {
+        anyhow!(
+            "timm checkpoint has no `cls_token` tensor: models without a class token (e.g. \
+             class_token=False, global average pooling) are not supported"
+        )
+    })?;
+    let hidden = match cls.view.shape() {
+        [1, 1, c] if *c > 0 => *c,
+        s => bail!(
+            "tensor `cls_token` in {} has shape {s:?}; expected [1, 1, hidden]",
+            file_of(cls)
+        ),
+    };
+    let proj = found.get("patch_embed.proj.weight").ok_or_else(|| {
+        anyhow!("timm checkpoint has no `patch_embed.proj.weight` tensor (the patch embedding)")
+    })?;
+    let (num_channels, patch) = match proj.view.shape() {
+        [c, ch, p, q] if *c == hidden && p == q => (*ch, *p),
+        s => bail!(
+            "tensor `patch_embed.proj.weight` in {} has shape {s:?}; expected [{hidden}, \
+             channels, patch, patch] (square patches)",
+            file_of(proj)
+        ),
+    };
+    let mut layers = 0;
+    while found.contains_key(&format!("blocks.{layers}.attn.qkv.weight")) {
+        layers += 1;
+    }
+    if layers == 0 {
+        bail!("timm checkpoint has no `blocks.0.attn.qkv.weight`: no transformer blocks found");
+    }
+    let fc1 = found.get("blocks.0.mlp.fc1.weight").ok_or_else(|| {
+        anyhow!("timm tensor `blocks.0.mlp.fc1.weight` is missing from the checkpoint")
+    })?;
+    let intermediate = match fc1.view.shape() {
+        [i, c] if *c == hidden => *i,
+        s => bail!(
+            "tensor `blocks.0.mlp.fc1.weight` in {} has shape {s:?}; expected [intermediate, \
+             {hidden}]",
+            file_of(fc1)
+        ),
+    };
+    let pos = found
+        .get("pos_embed")
+        .ok_or_else(|| anyhow!("timm tensor `pos_embed` is missing from the checkpoint"))?;
+    let tokens = match pos.view.shape() {
+        [1, t, c] if *c == hidden => *t,
+        s => bail!(
+            "tensor `pos_embed` in {} has shape {s:?}; expected [1, tokens, {hidden}]",
+            file_of(pos)
+        ),
+    };
+    let image_size = match arg("img_size").map(|v| (v, square_size(v))) {
+        Some((_, Some(Ok(s)))) => s,
+        Some((_, Some(Err((h, w))))) => {
+            bail!("{cfg_name}: model_args.img_size [{h}, {w}] is not square; vitgpu needs square images")
+        }
+        Some((v, None)) => bail!("{cfg_name}: model_args.img_size {v} is not an image size"),
+        None => {
+            let grid = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
+            if grid * grid + 1 != tokens {
+                let hint = if ((tokens as f64).sqrt().round() as usize).pow(2) == tokens {
+                    " (it looks like no_embed_class=True: position embeddings without the class \
+                     token, which vitgpu does not support)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "tensor `pos_embed` in {} has {tokens} positions, which is not a square grid \
+                     plus one class token{hint}",
+                    file_of(pos)
+                );
+            }
+            grid * patch
+        }
+    };
+    let arch = json
+        .get("architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let heads = match arg("num_heads") {
+        Some(v) => as_size(v)
+            .ok_or_else(|| anyhow!("{cfg_name}: model_args.num_heads {v} is not a count"))?,
+        None if ["vit_huge", "vit_giant", "vit_gigantic"]
+            .iter()
+            .any(|p| arch.starts_with(p)) =>
+        {
+            16
+        }
+        None if hidden.is_multiple_of(64) => hidden / 64,
+        None => bail!(
+            "{cfg_name}: cannot tell the number of attention heads (hidden size {hidden} is not \
+             a multiple of 64): add \"model_args\": {{\"num_heads\": N}} to it"
+        ),
+    };
+
+    let head = found.get("head.weight");
+    let num_classes = match head {
+        Some(h) => match h.view.shape() {
+            [n, c] if *c == hidden => *n,
+            s => bail!(
+                "tensor `head.weight` in {} has shape {s:?}; expected [num_classes, {hidden}]",
+                file_of(h)
+            ),
+        },
+        None => 0,
+    };
+    let has_classifier = head.is_some() || found.contains_key("head.bias");
+    let declared = json
+        .get("num_classes")
+        .or_else(|| {
+            json.get("pretrained_cfg")
+                .and_then(|p| p.get("num_classes"))
+        })
+        .and_then(as_size);
+    if let Some(n) = declared {
+        if has_classifier && n != num_classes {
+            bail!(
+                "{cfg_name} says num_classes {n} but tensor `head.weight` has {num_classes} rows"
+            );
+        }
+        if !has_classifier && n != 0 {
+            bail!(
+                "{cfg_name} says num_classes {n} but the checkpoint has no `head.weight`; the \
+                 classifier is missing"
+            );
+        }
+    }
+    let id2label: Vec<String> = match json.get("label_names").and_then(Value::as_array) {
+        Some(names) if has_classifier => {
+            if names.len() != num_classes {
+                bail!(
+                    "{cfg_name} lists {} label_names but the classifier has {num_classes} classes",
+                    names.len()
+                );
+            }
+            names
+                .iter()
+                .map(|n| match n {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        }
+        _ => (0..num_classes).map(|i| format!("LABEL_{i}")).collect(),
+    };
+
+    let config = Config {
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        intermediate_size: intermediate,
+        hidden_act,
+        layer_norm_eps: 1e-6,
+        image_size,
+        patch_size: patch,
+        num_channels,
+        qkv_bias: found.contains_key("blocks.0.attn.qkv.bias"),
+        initializer_range: 0.02,
+        id2label,
+        extra: serde_json::Map::new(),
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow!("timm checkpoint described by {cfg_name} is not a valid ViT: {e}"))?;
+
+    let mut tally = DtypeTally::default();
+    let mut fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+        let f = found.get(name).ok_or_else(|| {
+            anyhow!("timm tensor `{name}` (shape {shape:?}) is missing from the checkpoint")
+        })?;
+        let (t, dtype) = store.load(f, shape)?;
+        tally.add(dtype, t.data.len());
+        Ok(t)
+    };
+    let (c, i) = (hidden, intermediate);
+    let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
+    let mut put = |k: &str, t: HostTensor| {
+        tensors.insert(k.to_string(), t);
+    };
+    put("vit.embeddings.cls_token", fetch("cls_token", &[1, 1, c])?);
+    put(
+        "vit.embeddings.position_embeddings",
+        fetch("pos_embed", &[1, config.num_patches() + 1, c])?,
+    );
+    put(
+        "vit.embeddings.patch_embeddings.projection.weight",
+        fetch("patch_embed.proj.weight", &[c, num_channels, patch, patch])?,
+    );
+    put(
+        "vit.embeddings.patch_embeddings.projection.bias",
+        fetch("patch_embed.proj.bias", &[c])?,
+    );
+    for l in 0..layers {
+        let b = format!("blocks.{l}");
+        let h = format!("vit.encoder.layer.{l}");
+        // timm's fused qkv: rows [0, C) query, [C, 2C) key, [2C, 3C) value.
+        let qkv_w = fetch(&format!("{b}.attn.qkv.weight"), &[3 * c, c])?;
+        let qkv_b = if config.qkv_bias {
+            Some(fetch(&format!("{b}.attn.qkv.bias"), &[3 * c])?)
+        } else {
+            None
+        };
+        for (k, part) in ["query", "key", "value"].into_iter().enumerate() {
+            let w = qkv_w.data[k * c * c..(k + 1) * c * c].to_vec();
+            put(
+                &format!("{h}.attention.attention.{part}.weight"),
+                HostTensor {
+                    shape: vec![c, c],
+                    data: w,
+                },
+            );
+            if let Some(qb) = &qkv_b {
+                let bias = qb.data[k * c..(k + 1) * c].to_vec();
+                put(
+                    &format!("{h}.attention.attention.{part}.bias"),
+                    HostTensor {
+                        shape: vec![c],
+                        data: bias,
+                    },
+                );
+            }
+        }
+        for (timm, hf, shape) in [
+            (
+                "attn.proj.weight",
+                "attention.output.dense.weight",
+                vec![c, c],
+            ),
+            ("attn.proj.bias", "attention.output.dense.bias", vec![c]),
+            ("mlp.fc1.weight", "intermediate.dense.weight", vec![i, c]),
+            ("mlp.fc1.bias", "intermediate.dense.bias", vec![i]),
+            ("mlp.fc2.weight", "output.dense.weight", vec![c, i]),
+            ("mlp.fc2.bias", "output.dense.bias", vec![c]),
+            ("norm1.weight", "layernorm_before.weight", vec![c]),
+            ("norm1.bias", "layernorm_before.bias", vec![c]),
+            ("norm2.weight", "layernorm_after.weight", vec![c]),
+            ("norm2.bias", "layernorm_after.bias", vec![c]),
+        ] {
+            put(&format!("{h}.{hf}"), fetch(&format!("{b}.{timm}"), &shape)?);
+        }
+    }
+    put("vit.layernorm.weight", fetch("norm.weight", &[c])?);
+    put("vit.layernorm.bias", fetch("norm.bias", &[c])?);
+    if has_classifier {
+        put(
+            "classifier.weight",
+            fetch("head.weight", &[num_classes, c])?,
+        );
+        put("classifier.bias", fetch("head.bias", &[num_classes])?);
+    }
+
+    // Every timm tensor must have been used (blocks beyond the counted ones, a qkv.bias in only
+    // some blocks, ...), otherwise the conversion would silently drop weights.
+    let used =
+        4 + 2 + 2 * usize::from(has_classifier) + layers * (if config.qkv_bias { 12 } else { 11 });
+    if found.len() != used {
+        let mut expected_timm: Vec<String> = Vec::new();
+        for l in 0..layers {
+            for t in [
+                "norm1.weight",
+                "norm1.bias",
+                "norm2.weight",
+                "norm2.bias",
+                "attn.qkv.weight",
+                "attn.qkv.bias",
+                "attn.proj.weight",
+                "attn.proj.bias",
+                "mlp.fc1.weight",
+                "mlp.fc1.bias",
+                "mlp.fc2.weight",
+                "mlp.fc2.bias",
+            ] {
+                expected_timm.push(format!("blocks.{l}.{t}"));
+            }
+        }
+        let extra: Vec<&String> = found
+            .keys()
+            .filter(|k| k.starts_with("blocks.") && !expected_timm.contains(k))
+            .collect();
+        bail!(
+            "timm checkpoint is inconsistent: {} ({layers} blocks counted from \
+             blocks.N.attn.qkv.weight, qkv bias {})",
+            if extra.is_empty() {
+                "unexpected tensors".to_string()
+            } else {
+                format!("unexpected {}", super::list_names(&extra, 5))
+            },
+            config.qkv_bias
+        );
+    }
+    let expected = expected_tensors(&config, has_classifier);
+    debug_assert_eq!(expected.len(), tensors.len());
+    if expected
+        .iter()
+        .any(|(n, s)| tensors.get(n).map(|t| &t.shape) != Some(s))
+    {
+        bail!("internal error: timm conversion does not match the canonical ViT layout");
+    }
+
+    let preprocessor = preprocessor_from(json.get("pretrained_cfg"), image_size);
+    Ok(Checkpoint {
+        config,
+        tensors,
+        dtype: tally.majority(),
+        has_classifier,
+        preprocessor: Some(preprocessor),
+        source: CheckpointFormat::Timm,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_vit_tensor_names() {
+        for n in [
+            "cls_token",
+            "pos_embed",
+            "head.bias",
+            "blocks.0.attn.qkv.weight",
+            "blocks.11.mlp.fc2.bias",
+        ] {
+            assert!(is_plain_vit_tensor(n), "{n}");
+        }
+        for n in [
+            "fc_norm.weight",
+            "reg_token",
+            "blocks.x.attn.qkv.weight",
+            "blocks.0.ls1.gamma",
+            "blocks.0.attn.q_norm.weight",
+            "blocks",
+        ] {
+            assert!(!is_plain_vit_tensor(n), "{n}");
+        }
+        assert!(unsupported_reason("blocks.3.ls2.gamma").contains("layer scale"));
+        assert!(unsupported_reason("blocks.3.attn.k_norm.bias").contains("qk_norm"));
+        assert!(unsupported_reason("dist_token").contains("distill"));
+        assert!(unsupported_reason("weird").contains("no standard ViT"));
+    }
+
+    #[test]
+    fn preprocessor_from_pretrained_cfg() {
+        let p = preprocessor_from(
+            Some(
+                &json!({"input_size": [3, 384, 384], "interpolation": "bicubic",
+                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
+            ),
+            224,
+        );
+        assert_eq!(p["size"], json!({"height": 384, "width": 384}));
+        assert_eq!(p["resample"], 3);
+        assert_eq!(p["image_mean"], json!([0.485, 0.456, 0.406]));
+        assert_eq!(p["image_processor_type"], "ViTImageProcessor");
+        let d = preprocessor_from(None, 32);
+        assert_eq!(d["size"]["width"], 32);
+        assert_eq!(d["image_std"], json!([0.5, 0.5, 0.5]));
+        assert_eq!(pil_resample("bilinear"), 2);
+    }
+}
