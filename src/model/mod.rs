@@ -1,1 +1,3 @@
 //! The Vision Transformer model: config, weights, forward pass.
+
+pub mod interp;
