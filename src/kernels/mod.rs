@@ -3,6 +3,7 @@
 //! Outputs come first, gradients are named `d*`; the model, tape, tests and benches call
 //! only these functions.
 
+pub mod attention;
 pub mod layernorm;
 pub mod matmul;
 
