@@ -4,6 +4,7 @@
 //! only these functions.
 
 pub mod adamw;
+pub mod attention;
 pub mod embed;
 pub mod gelu;
 pub mod layernorm;

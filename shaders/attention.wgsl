@@ -1,0 +1,312 @@
+// Fused multi-head attention, forward and backward, that never materialises the T×T scores
+// (flash-attention style). Q, K, V come from one fused projection: qkv (B, T, 3C), C = H·HD,
+// q at columns [0, C), k at [C, 2C), v at [2C, 3C), head h at h·HD within each third.
+// out (B, T, C) with the same head layout; lse and delta (B, H, T) f32.
+//
+// Forward: one workgroup per (b, h, block of WG queries), one thread per query row; K/V tiles
+// of KT keys are staged in workgroup memory; online softmax keeps a running max and sum, and
+// lse = m + log(l) is saved for the backward.
+// Backward: `attention_backward_dq` (one thread per query row, loops over K/V tiles) writes dq
+// and delta = rowsum(dout ∘ out); `attention_backward_dkdv` (one thread per key row, loops
+// over tiles of q, dout, lse, delta) writes dk and dv. Probabilities are recomputed from lse.
+
+struct Params {
+    batch: u32,
+    t: u32,
+    heads: u32,
+    // B·H
+    bh: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> QKV: array<u32>;
+@group(0) @binding(2) var<storage, read_write> OUT: array<u32>;
+@group(0) @binding(3) var<storage, read_write> LSE: array<f32>;
+@group(0) @binding(4) var<storage, read> DOUT: array<u32>;
+@group(0) @binding(5) var<storage, read> OUT_IN: array<u32>;
+@group(0) @binding(6) var<storage, read> LSE_IN: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DELTA: array<f32>;
+@group(0) @binding(8) var<storage, read> DELTA_IN: array<f32>;
+@group(0) @binding(9) var<storage, read_write> DQKV: array<u32>;
+
+override QKV_F16: bool = false;
+override OUT_F16: bool = false;
+override DOUT_F16: bool = false;
+override DQKV_F16: bool = false;
+// Head dim (even, ≤ D_MAX); an override so that the per-row loops have constant trip counts.
+override HD: u32 = 64u;
+// Rows (queries or keys) per workgroup, one per thread.
+override WG: u32 = 64u;
+
+const D_MAX: u32 = 128u;
+// Keys (forward, dq) or queries (dkdv) per staged tile: 2 tiles × KT × D_MAX f32 = 16 KiB.
+const KT: u32 = 16u;
+// Very negative but finite, so that exp(m_old − m_new) is 0 rather than NaN on the first tile.
+const NEG_BIG: f32 = -3.0e38;
+
+var<workgroup> TILE_A: array<f32, 2048>; // [KT][HD]: K (forward, dq) or scaled q (dkdv)
+var<workgroup> TILE_B: array<f32, 2048>; // [KT][HD]: V (forward, dq) or dout (dkdv)
+var<workgroup> ROW_A: array<f32, 16>; // [KT] lse (dkdv)
+var<workgroup> ROW_B: array<f32, 16>; // [KT] delta (dkdv)
+
+// Pair loads at an even element index i.
+fn ld2_qkv(i: u32) -> vec2<f32> {
+    if (QKV_F16) { return unpack2x16float(QKV[i >> 1u]); }
+    return vec2<f32>(bitcast<f32>(QKV[i]), bitcast<f32>(QKV[i + 1u]));
+}
+fn ld2_dout(i: u32) -> vec2<f32> {
+    if (DOUT_F16) { return unpack2x16float(DOUT[i >> 1u]); }
+    return vec2<f32>(bitcast<f32>(DOUT[i]), bitcast<f32>(DOUT[i + 1u]));
+}
+fn ld2_out(i: u32) -> vec2<f32> {
+    if (OUT_F16) { return unpack2x16float(OUT_IN[i >> 1u]); }
+    return vec2<f32>(bitcast<f32>(OUT_IN[i]), bitcast<f32>(OUT_IN[i + 1u]));
+}
+// Pair stores at an even element index i (whole words when f16).
+fn st2_out(i: u32, v: vec2<f32>) {
+    if (OUT_F16) { OUT[i >> 1u] = pack2x16float(v); } else {
+        OUT[i] = bitcast<u32>(v.x);
+        OUT[i + 1u] = bitcast<u32>(v.y);
+    }
+}
+fn st2_dqkv(i: u32, v: vec2<f32>) {
+    if (DQKV_F16) { DQKV[i >> 1u] = pack2x16float(v); } else {
+        DQKV[i] = bitcast<u32>(v.x);
+        DQKV[i + 1u] = bitcast<u32>(v.y);
+    }
+}
+
+// (b, h) of this workgroup; B·H is split over y and z when it exceeds 65535.
+fn batch_head(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.y + wg.z * nwg.y;
+}
+
+// Element index in qkv of (b, row, head h, dim 0) within third `part` (0 q, 1 k, 2 v).
+fn qkv_index(b: u32, row: u32, h: u32, part: u32) -> u32 {
+    let c = p.heads * HD;
+    return (b * p.t + row) * 3u * c + part * c + h * HD;
+}
+
+// Element index in out / dout of (b, row, head h, dim 0).
+fn out_index(b: u32, row: u32, h: u32) -> u32 {
+    return (b * p.t + row) * p.heads * HD + h * HD;
+}
+
+// Stages keys k0 .. k0+KT of head (b, h) into TILE_A and their values into TILE_B
+// (zeros past T). Called by the whole workgroup.
+fn stage_kv(b: u32, h: u32, k0: u32, lid: u32) {
+    for (var e = lid; e < KT * HD / 2u; e += WG) {
+        let j = (2u * e) / HD;
+        let d = (2u * e) % HD;
+        let key = k0 + j;
+        var kv = vec2<f32>(0.0);
+        var vv = vec2<f32>(0.0);
+        if (key < p.t) {
+            kv = ld2_qkv(qkv_index(b, key, h, 1u) + d);
+            vv = ld2_qkv(qkv_index(b, key, h, 2u) + d);
+        }
+        TILE_A[j * HD + d] = kv.x;
+        TILE_A[j * HD + d + 1u] = kv.y;
+        TILE_B[j * HD + d] = vv.x;
+        TILE_B[j * HD + d + 1u] = vv.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let lid = lid3.x;
+    let i = wg.x * WG + lid;
+    // Rows past T still help stage tiles; they compute on row T−1 and store nothing.
+    let ii = min(i, p.t - 1u);
+
+    var q: array<f32, D_MAX>;
+    var acc: array<f32, D_MAX>;
+    let qi = qkv_index(b, ii, h, 0u);
+    for (var d = 0u; d < HD; d += 2u) {
+        let v = ld2_qkv(qi + d);
+        q[d] = v.x * p.scale;
+        q[d + 1u] = v.y * p.scale;
+        acc[d] = 0.0;
+        acc[d + 1u] = 0.0;
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    var s: array<f32, KT>;
+    for (var k0 = 0u; k0 < p.t; k0 += KT) {
+        workgroupBarrier();
+        stage_kv(b, h, k0, lid);
+        workgroupBarrier();
+        let n = min(KT, p.t - k0);
+        var mt = m;
+        for (var j = 0u; j < n; j++) {
+            var dot = 0.0;
+            for (var d = 0u; d < HD; d++) { dot = fma(q[d], TILE_A[j * HD + d], dot); }
+            s[j] = dot;
+            mt = max(mt, dot);
+        }
+        // Rescale what was accumulated under the old max once per tile.
+        let corr = exp(m - mt);
+        m = mt;
+        l *= corr;
+        for (var d = 0u; d < HD; d++) { acc[d] *= corr; }
+        for (var j = 0u; j < n; j++) {
+            let pj = exp(s[j] - m);
+            l += pj;
+            for (var d = 0u; d < HD; d++) { acc[d] = fma(pj, TILE_B[j * HD + d], acc[d]); }
+        }
+    }
+    if (i < p.t) {
+        let inv = 1.0 / l;
+        let oi = out_index(b, i, h);
+        for (var d = 0u; d < HD; d += 2u) {
+            st2_out(oi + d, vec2<f32>(acc[d], acc[d + 1u]) * inv);
+        }
+        LSE[bh * p.t + i] = m + log(l);
+    }
+}
+
+// dq = scale · Σ_j ds_ij k_j with ds_ij = p_ij (dout_i · v_j − delta_i), p_ij = exp(s_ij − lse_i);
+// also writes delta_i = dout_i · out_i for the dkdv kernel.
+@compute @workgroup_size(WG)
+fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let lid = lid3.x;
+    let i = wg.x * WG + lid;
+    let ii = min(i, p.t - 1u);
+
+    var q: array<f32, D_MAX>;
+    var dout: array<f32, D_MAX>;
+    var dq: array<f32, D_MAX>;
+    let qi = qkv_index(b, ii, h, 0u);
+    let oi = out_index(b, ii, h);
+    var delta = 0.0;
+    for (var d = 0u; d < HD; d += 2u) {
+        let qv = ld2_qkv(qi + d);
+        let gv = ld2_dout(oi + d);
+        let ov = ld2_out(oi + d);
+        q[d] = qv.x * p.scale;
+        q[d + 1u] = qv.y * p.scale;
+        dout[d] = gv.x;
+        dout[d + 1u] = gv.y;
+        dq[d] = 0.0;
+        dq[d + 1u] = 0.0;
+        delta = fma(gv.x, ov.x, fma(gv.y, ov.y, delta));
+    }
+    let lse = LSE_IN[bh * p.t + ii];
+    for (var k0 = 0u; k0 < p.t; k0 += KT) {
+        workgroupBarrier();
+        stage_kv(b, h, k0, lid);
+        workgroupBarrier();
+        let n = min(KT, p.t - k0);
+        for (var j = 0u; j < n; j++) {
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s = fma(q[d], TILE_A[j * HD + d], s);
+                dp = fma(dout[d], TILE_B[j * HD + d], dp);
+            }
+            let ds = exp(s - lse) * (dp - delta);
+            for (var d = 0u; d < HD; d++) { dq[d] = fma(ds, TILE_A[j * HD + d], dq[d]); }
+        }
+    }
+    if (i < p.t) {
+        DELTA[bh * p.t + i] = delta;
+        let gi = qkv_index(b, i, h, 0u);
+        for (var d = 0u; d < HD; d += 2u) {
+            st2_dqkv(gi + d, vec2<f32>(dq[d], dq[d + 1u]) * p.scale);
+        }
+    }
+}
+
+// dv_j = Σ_i p_ij dout_i; dk_j = scale · Σ_i ds_ij q_i. Needs delta from attention_backward_dq.
+@compute @workgroup_size(WG)
+fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let lid = lid3.x;
+    let j = wg.x * WG + lid;
+    let jj = min(j, p.t - 1u);
+
+    var k: array<f32, D_MAX>;
+    var v: array<f32, D_MAX>;
+    var dk: array<f32, D_MAX>;
+    var dv: array<f32, D_MAX>;
+    let ki = qkv_index(b, jj, h, 1u);
+    let vi = qkv_index(b, jj, h, 2u);
+    for (var d = 0u; d < HD; d += 2u) {
+        let kv = ld2_qkv(ki + d);
+        let vv = ld2_qkv(vi + d);
+        k[d] = kv.x;
+        k[d + 1u] = kv.y;
+        v[d] = vv.x;
+        v[d + 1u] = vv.y;
+        dk[d] = 0.0;
+        dk[d + 1u] = 0.0;
+        dv[d] = 0.0;
+        dv[d + 1u] = 0.0;
+    }
+    for (var q0 = 0u; q0 < p.t; q0 += KT) {
+        workgroupBarrier();
+        // Stage scaled q, dout, lse and delta of queries q0 .. q0+KT (zeros past T).
+        for (var e = lid; e < KT * HD / 2u; e += WG) {
+            let r = (2u * e) / HD;
+            let d = (2u * e) % HD;
+            let qr = q0 + r;
+            var qv = vec2<f32>(0.0);
+            var gv = vec2<f32>(0.0);
+            if (qr < p.t) {
+                qv = ld2_qkv(qkv_index(b, qr, h, 0u) + d) * p.scale;
+                gv = ld2_dout(out_index(b, qr, h) + d);
+            }
+            TILE_A[r * HD + d] = qv.x;
+            TILE_A[r * HD + d + 1u] = qv.y;
+            TILE_B[r * HD + d] = gv.x;
+            TILE_B[r * HD + d + 1u] = gv.y;
+        }
+        for (var r = lid; r < KT; r += WG) {
+            let qr = min(q0 + r, p.t - 1u);
+            ROW_A[r] = LSE_IN[bh * p.t + qr];
+            ROW_B[r] = DELTA_IN[bh * p.t + qr];
+        }
+        workgroupBarrier();
+        let n = min(KT, p.t - q0);
+        for (var r = 0u; r < n; r++) {
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s = fma(TILE_A[r * HD + d], k[d], s);
+                dp = fma(TILE_B[r * HD + d], v[d], dp);
+            }
+            let pr = exp(s - ROW_A[r]);
+            let ds = pr * (dp - ROW_B[r]);
+            for (var d = 0u; d < HD; d++) {
+                dv[d] = fma(pr, TILE_B[r * HD + d], dv[d]);
+                dk[d] = fma(ds, TILE_A[r * HD + d], dk[d]);
+            }
+        }
+    }
+    if (j < p.t) {
+        let gk = qkv_index(b, j, h, 1u);
+        let gv = qkv_index(b, j, h, 2u);
+        for (var d = 0u; d < HD; d += 2u) {
+            st2_dqkv(gk + d, vec2<f32>(dk[d], dk[d + 1u]));
+            st2_dqkv(gv + d, vec2<f32>(dv[d], dv[d + 1u]));
+        }
+    }
+}

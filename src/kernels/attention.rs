@@ -1,0 +1,290 @@
+//! Fused multi-head attention family (`shaders/attention.wgsl`): flash-style forward saving the
+//! per-row logsumexp, and a backward that recomputes the probabilities; no T×T buffer.
+//!
+//! Layout: `qkv` (B, T, 3C) from one fused projection, C = H·D, q at columns [0, C), k at
+//! [C, 2C), v at [2C, 3C), head h at columns h·D.. within each third; `out` (B, T, C) with
+//! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
+
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::shader;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in attention.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AttentionParams {
+    pub batch: u32,
+    pub t: u32,
+    pub heads: u32,
+    /// B·H
+    pub bh: u32,
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
+/// Largest supported head dim (the size of the per-thread row arrays in the shader).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Query (forward, dq) or key (dkdv) rows per workgroup.
+const WG: u32 = 64;
+
+/// (B, T, H, D) of an attention call, checked against every tensor.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(qkv: &GpuTensor, heads: usize) -> Dims {
+        assert!(
+            qkv.shape.len() == 3 && qkv.shape[2].is_multiple_of(3),
+            "attention: qkv must be (B, T, 3C), got {:?}",
+            qkv.shape
+        );
+        let (b, t, c) = (qkv.shape[0], qkv.shape[1], qkv.shape[2] / 3);
+        assert!(
+            heads > 0 && c % heads == 0,
+            "attention: hidden size {c} is not a multiple of {heads} heads"
+        );
+        let d = c / heads;
+        assert!(
+            d.is_multiple_of(2) && d <= MAX_HEAD_DIM,
+            "attention: head dim {d} (= {c} / {heads} heads) must be even and at most {MAX_HEAD_DIM}"
+        );
+        assert!(t > 0, "attention: empty sequence");
+        assert!(qkv.dtype != DType::U32, "attention: qkv must be f32 or f16");
+        Dims { b, t, h: heads, d }
+    }
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+    fn check(&self, name: &str, t: &GpuTensor, shape: &[usize], f32_only: bool) {
+        assert_eq!(
+            t.numel(),
+            shape.iter().product::<usize>(),
+            "attention: {name} {:?} should be {shape:?} for (B, T, H, D) = {self:?}",
+            t.shape
+        );
+        if f32_only {
+            assert_eq!(t.dtype, DType::F32, "attention: {name} must be f32");
+        } else {
+            assert_ne!(t.dtype, DType::U32, "attention: {name} must be f32 or f16");
+        }
+    }
+    fn params(&self) -> AttentionParams {
+        AttentionParams {
+            batch: self.b as u32,
+            t: self.t as u32,
+            heads: self.h as u32,
+            bh: (self.b * self.h) as u32,
+            scale: 1.0 / (self.d as f32).sqrt(),
+            _pad: [0; 3],
+        }
+    }
+    /// One workgroup per (block of WG rows, b·h); b·h split over y and z past 65535.
+    fn grid(&self) -> [u32; 3] {
+        let bh = (self.b * self.h) as u32;
+        let (y, z) = if bh <= 65535 {
+            (bh, 1)
+        } else {
+            (65535, bh.div_ceil(65535))
+        };
+        [(self.t as u32).div_ceil(WG), y, z]
+    }
+}
+
+/// `out = softmax(q kᵀ · scale) v` per (batch, head); `lse` (B, H, T) f32 = logsumexp of the
+/// scaled scores of each query row. `qkv` (B, T, 3C) and `out` (B, T, C) are f32 or f16.
+pub fn attention_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    lse: &GpuTensor,
+    qkv: &GpuTensor,
+    heads: usize,
+) {
+    let dm = Dims::of(qkv, heads);
+    dm.check("out", out, &[dm.b, dm.t, dm.c()], false);
+    dm.check("lse", lse, &[dm.b, dm.h, dm.t], true);
+    let ov = [
+        ("QKV_F16", qkv.dtype.is_f16()),
+        ("OUT_F16", out.dtype.is_f16()),
+        ("HD", dm.d as f64),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("attention"),
+        "attention_forward",
+        &ov,
+        &dm.params(),
+        &[(1, qkv), (2, out), (3, lse)],
+        dm.grid(),
+    );
+}
+
+/// `dqkv` (B, T, 3C) gets dq, dk, dv in the same column layout as `qkv` (overwritten, not
+/// accumulated). `delta` is a scratch (B, H, T) f32 tensor for rowsum(dout ∘ out); `out` and
+/// `lse` are what [`attention_forward`] produced. `dqkv` must be a different buffer from `qkv`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    dqkv: &GpuTensor,
+    delta: &GpuTensor,
+    dout: &GpuTensor,
+    qkv: &GpuTensor,
+    out: &GpuTensor,
+    lse: &GpuTensor,
+    heads: usize,
+) {
+    let dm = Dims::of(qkv, heads);
+    dm.check("dqkv", dqkv, &[dm.b, dm.t, 3 * dm.c()], false);
+    dm.check("out", out, &[dm.b, dm.t, dm.c()], false);
+    dm.check("dout", dout, &[dm.b, dm.t, dm.c()], false);
+    dm.check("lse", lse, &[dm.b, dm.h, dm.t], true);
+    dm.check("delta", delta, &[dm.b, dm.h, dm.t], true);
+    assert!(
+        !std::sync::Arc::ptr_eq(&dqkv.buffer, &qkv.buffer),
+        "attention_backward: dqkv and qkv must be different buffers"
+    );
+    let ov = [
+        ("QKV_F16", qkv.dtype.is_f16()),
+        ("OUT_F16", out.dtype.is_f16()),
+        ("DOUT_F16", dout.dtype.is_f16()),
+        ("DQKV_F16", dqkv.dtype.is_f16()),
+        ("HD", dm.d as f64),
+        ("WG", WG as f64),
+    ];
+    let p = dm.params();
+    gpu.launch(
+        &shader!("attention"),
+        "attention_backward_dq",
+        &ov,
+        &p,
+        &[
+            (1, qkv),
+            (4, dout),
+            (5, out),
+            (6, lse),
+            (7, delta),
+            (9, dqkv),
+        ],
+        dm.grid(),
+    );
+    gpu.launch(
+        &shader!("attention"),
+        "attention_backward_dkdv",
+        &ov,
+        &p,
+        &[(1, qkv), (4, dout), (6, lse), (8, delta), (9, dqkv)],
+        dm.grid(),
+    );
+}
+
+/// Scaled scores of query row `i` of (b, h) against all keys, in f64.
+fn scores(qkv: &[f32], t: usize, heads: usize, d: usize, b: usize, h: usize, i: usize) -> Vec<f64> {
+    let c = heads * d;
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = &qkv[(b * t + i) * 3 * c + h * d..][..d];
+    (0..t)
+        .map(|j| {
+            let k = &qkv[(b * t + j) * 3 * c + c + h * d..][..d];
+            q.iter()
+                .zip(k)
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>()
+                * scale
+        })
+        .collect()
+}
+
+/// Softmax of one row of scores, and its logsumexp.
+fn softmax(s: &[f64]) -> (Vec<f64>, f64) {
+    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    (e.iter().map(|x| x / sum).collect(), m + sum.ln())
+}
+
+/// CPU reference of [`attention_forward`] (f64 accumulation): returns (out (B, T, C), lse (B, H, T)).
+pub fn attention_forward_cpu(
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = heads * d;
+    assert_eq!(
+        qkv.len(),
+        b * t * 3 * c,
+        "attention_forward_cpu: qkv length"
+    );
+    let mut out = vec![0.0; b * t * c];
+    let mut lse = vec![0.0; b * heads * t];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let (pr, l) = softmax(&scores(qkv, t, heads, d, bi, h, i));
+                lse[(bi * heads + h) * t + i] = l as f32;
+                for e in 0..d {
+                    let mut acc = 0.0f64;
+                    for (j, &pj) in pr.iter().enumerate() {
+                        acc += pj * qkv[(bi * t + j) * 3 * c + 2 * c + h * d + e] as f64;
+                    }
+                    out[(bi * t + i) * c + h * d + e] = acc as f32;
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// CPU reference of [`attention_backward`] (f64 accumulation): returns dqkv (B, T, 3C).
+pub fn attention_backward_cpu(
+    dout: &[f32],
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f32> {
+    let c = heads * d;
+    assert_eq!(
+        qkv.len(),
+        b * t * 3 * c,
+        "attention_backward_cpu: qkv length"
+    );
+    assert_eq!(dout.len(), b * t * c, "attention_backward_cpu: dout length");
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut g = vec![0.0f64; b * t * 3 * c];
+    let at = |bi: usize, row: usize, part: usize, h: usize, e: usize| {
+        (bi * t + row) * 3 * c + part * c + h * d + e
+    };
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let (pr, _) = softmax(&scores(qkv, t, heads, d, bi, h, i));
+                let go = &dout[(bi * t + i) * c + h * d..][..d];
+                // dp_j = dout_i · v_j; ds_j = p_j (dp_j − Σ_k p_k dp_k).
+                let dp: Vec<f64> = (0..t)
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| go[e] as f64 * qkv[at(bi, j, 2, h, e)] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let delta: f64 = pr.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..t {
+                    let ds = pr[j] * (dp[j] - delta);
+                    for e in 0..d {
+                        g[at(bi, j, 2, h, e)] += pr[j] * go[e] as f64;
+                        g[at(bi, i, 0, h, e)] += ds * scale * qkv[at(bi, j, 1, h, e)] as f64;
+                        g[at(bi, j, 1, h, e)] += ds * scale * qkv[at(bi, i, 0, h, e)] as f64;
+                    }
+                }
+            }
+        }
+    }
+    g.into_iter().map(|x| x as f32).collect()
+}
