@@ -6,7 +6,8 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    // Row stride of C (N when C is dense; T·N to write only the CLS rows of a sequence).
+    c_sm: u32,
     a_sm: u32,
     a_sk: u32,
     b_sk: u32,
@@ -122,7 +123,7 @@ fn matmul_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             }
             v0 = activate(v0, ACT);
             v1 = activate(v1, ACT);
-            let idx = m * p.n + n;
+            let idx = m * p.c_sm + n;
             if (ACCUM) {
                 v0 += ld_c(idx);
                 if (has1) { v1 += ld_c(idx + 1u); }

@@ -1,6 +1,7 @@
 //! vitgpu: fine-tune and run Vision Transformers on any GPU with our own WGSL kernels.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod gpu;
 pub mod kernels;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `vitgpu` command-line program.
+
+fn main() {
+    std::process::exit(vitgpu::cli::main());
+}

@@ -1,1 +1,469 @@
 //! Autograd tape: records coarse ops and runs their backward kernels in reverse.
+//!
+//! An op is recorded only when one of its inputs is on the tape or one of its parameters
+//! is trainable (has a gradient buffer), as `requires_grad` propagates in PyTorch: a frozen
+//! backbone runs without recording anything, and inference is the same code with no
+//! trainable parameters. Parameter gradients accumulate (`+=`) into the buffers given in
+//! [`P::grad`], which the trainer zeroes once per optimizer step (so gradient accumulation
+//! over micro-batches is free).
+
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::kernels::{self, Act};
+use anyhow::Result;
+use std::collections::HashMap;
+
+pub type Var = usize;
+
+/// An activation and, when it is on the tape, its id.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub t: GpuTensor,
+    pub var: Option<Var>,
+}
+
+/// A parameter's tensor and, when trainable, its gradient buffer.
+#[derive(Clone, Copy)]
+pub struct P<'a> {
+    pub w: &'a GpuTensor,
+    pub grad: Option<&'a GpuTensor>,
+}
+
+enum Op {
+    Linear {
+        x: GpuTensor,
+        xv: Option<Var>,
+        w: GpuTensor,
+        dw: Option<GpuTensor>,
+        db: Option<GpuTensor>,
+        out: Var,
+        cls: bool,
+    },
+    LayerNorm {
+        x: GpuTensor,
+        xv: Option<Var>,
+        w: GpuTensor,
+        dw: Option<GpuTensor>,
+        db: Option<GpuTensor>,
+        mean: GpuTensor,
+        rstd: GpuTensor,
+        out: Var,
+    },
+    Gelu {
+        x: GpuTensor,
+        xv: Var,
+        act: Act,
+        out: Var,
+    },
+    Attention {
+        qkv: GpuTensor,
+        qv: Var,
+        o: GpuTensor,
+        lse: GpuTensor,
+        heads: usize,
+        out: Var,
+    },
+    Residual {
+        a: Option<Var>,
+        b: Option<Var>,
+        out: Var,
+    },
+    Embed {
+        pv: Option<Var>,
+        patches_shape: Vec<usize>,
+        dcls: Option<GpuTensor>,
+        dpos: Option<GpuTensor>,
+        out: Var,
+    },
+}
+
+/// Runs ops on the GPU and records the ones that need a backward.
+pub struct Graph<'g> {
+    pub gpu: &'g Gpu,
+    /// Storage dtype of activations (a tensor with an odd last dim stays f32).
+    pub dtype: DType,
+    ops: Vec<Op>,
+    vars: usize,
+    /// False for evaluation: nothing is recorded even where parameters are trainable.
+    grad_enabled: bool,
+}
+
+impl<'g> Graph<'g> {
+    pub fn new(gpu: &'g Gpu, dtype: DType) -> Self {
+        Graph {
+            gpu,
+            dtype,
+            ops: Vec::new(),
+            vars: 0,
+            grad_enabled: true,
+        }
+    }
+
+    /// A graph that records nothing (like `torch.no_grad()`).
+    pub fn no_grad(gpu: &'g Gpu, dtype: DType) -> Self {
+        Graph {
+            grad_enabled: false,
+            ..Graph::new(gpu, dtype)
+        }
+    }
+
+    fn var(&mut self, record: bool) -> Option<Var> {
+        (record && self.grad_enabled).then(|| {
+            self.vars += 1;
+            self.vars - 1
+        })
+    }
+
+    fn dtype_for(&self, cols: usize) -> DType {
+        if self.dtype == DType::F16 && cols % 2 == 0 {
+            DType::F16
+        } else {
+            DType::F32
+        }
+    }
+
+    fn alloc(&self, shape: &[usize]) -> Result<GpuTensor> {
+        self.gpu
+            .alloc(shape, self.dtype_for(*shape.last().unwrap()))
+    }
+
+    /// Number of recorded ops (0 means nothing to differentiate).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// `act(x · wᵀ + b)`; recorded as linear + GELU so the pre-activation is kept.
+    pub fn linear(&mut self, x: &Node, w: P, b: Option<P>, act: Act) -> Result<Node> {
+        let record = self.grad_enabled
+            && (x.var.is_some() || w.grad.is_some() || b.is_some_and(|b| b.grad.is_some()));
+        let mut shape = x.t.shape.clone();
+        *shape.last_mut().unwrap() = w.w.shape[0];
+        let out = self.alloc(&shape)?;
+        let fused = if record { Act::None } else { act };
+        kernels::matmul::linear_forward(self.gpu, &out, &x.t, w.w, b.map(|b| b.w), fused);
+        let var = self.var(record);
+        if let Some(v) = var {
+            self.ops.push(Op::Linear {
+                x: x.t.clone(),
+                xv: x.var,
+                w: w.w.clone(),
+                dw: w.grad.cloned(),
+                db: b.and_then(|b| b.grad.cloned()),
+                out: v,
+                cls: false,
+            });
+        }
+        let node = Node { t: out, var };
+        if record && act != Act::None {
+            return self.gelu(&node, act);
+        }
+        Ok(node)
+    }
+
+    /// Classifier on the CLS token: x (B, T, C) → logits (B, N), always f32.
+    pub fn linear_cls(&mut self, x: &Node, w: P, b: Option<P>) -> Result<Node> {
+        let record = x.var.is_some() || w.grad.is_some() || b.is_some_and(|b| b.grad.is_some());
+        let out = self.gpu.alloc(&[x.t.shape[0], w.w.shape[0]], DType::F32)?;
+        kernels::matmul::linear_forward_cls(self.gpu, &out, &x.t, w.w, b.map(|b| b.w));
+        let var = self.var(record);
+        if let Some(v) = var {
+            self.ops.push(Op::Linear {
+                x: x.t.clone(),
+                xv: x.var,
+                w: w.w.clone(),
+                dw: w.grad.cloned(),
+                db: b.and_then(|b| b.grad.cloned()),
+                out: v,
+                cls: true,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    pub fn gelu(&mut self, x: &Node, act: Act) -> Result<Node> {
+        let out = self.alloc(&x.t.shape)?;
+        kernels::gelu::gelu_forward(self.gpu, &out, &x.t, act);
+        let var = self.var(x.var.is_some());
+        if let (Some(v), Some(xv)) = (var, x.var) {
+            self.ops.push(Op::Gelu {
+                x: x.t.clone(),
+                xv,
+                act,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    pub fn layernorm(&mut self, x: &Node, w: P, b: P, eps: f64) -> Result<Node> {
+        let record = x.var.is_some() || w.grad.is_some() || b.grad.is_some();
+        let out = self.alloc(&x.t.shape)?;
+        let rows = x.t.rows();
+        let mean = self.gpu.alloc(&[rows], DType::F32)?;
+        let rstd = self.gpu.alloc(&[rows], DType::F32)?;
+        kernels::layernorm::layernorm_forward(
+            self.gpu, &out, &mean, &rstd, &x.t, w.w, b.w, eps as f32,
+        );
+        let var = self.var(record);
+        if let Some(v) = var {
+            self.ops.push(Op::LayerNorm {
+                x: x.t.clone(),
+                xv: x.var,
+                w: w.w.clone(),
+                dw: w.grad.cloned(),
+                db: b.grad.cloned(),
+                mean,
+                rstd,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    /// Multi-head attention over a fused qkv (B, T, 3C) → (B, T, C).
+    pub fn attention(&mut self, qkv: &Node, heads: usize) -> Result<Node> {
+        let [b, t, c3] = qkv.t.shape[..] else {
+            unreachable!("qkv is (B, T, 3C)")
+        };
+        let out = self.alloc(&[b, t, c3 / 3])?;
+        let lse = self.gpu.alloc(&[b, heads, t], DType::F32)?;
+        kernels::attention::attention_forward(self.gpu, &out, &lse, &qkv.t, heads);
+        let var = self.var(qkv.var.is_some());
+        if let (Some(v), Some(qv)) = (var, qkv.var) {
+            self.ops.push(Op::Attention {
+                qkv: qkv.t.clone(),
+                qv,
+                o: out.clone(),
+                lse,
+                heads,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    pub fn residual(&mut self, a: &Node, b: &Node) -> Result<Node> {
+        let out = self.alloc(&a.t.shape)?;
+        kernels::residual::residual_forward(self.gpu, &out, &a.t, &b.t);
+        let var = self.var(a.var.is_some() || b.var.is_some());
+        if let Some(v) = var {
+            self.ops.push(Op::Residual {
+                a: a.var,
+                b: b.var,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    /// The stride-P conv on pixels (B, C, H, W) as im2col + linear → (B·Np, hidden).
+    pub fn patch_embed(&mut self, pixels: &GpuTensor, w: P, b: P, patch: usize) -> Result<Node> {
+        let [bs, c, h, wd] = pixels.shape[..] else {
+            unreachable!("pixels are (B, C, H, W)")
+        };
+        let k = c * patch * patch;
+        let cols = self.alloc(&[bs * (h / patch) * (wd / patch), k])?;
+        kernels::embed::patch_im2col(self.gpu, &cols, pixels, patch);
+        self.linear(&Node { t: cols, var: None }, w, Some(b), Act::None)
+    }
+
+    /// `[CLS; patches] + pos` → (B, T, C).
+    pub fn embed(&mut self, patches: &Node, batch: usize, cls: P, pos: P) -> Result<Node> {
+        let (t, c) = (pos.w.shape[0], pos.w.shape[1]);
+        let out = self.alloc(&[batch, t, c])?;
+        kernels::embed::embed_forward(self.gpu, &out, &patches.t, cls.w, pos.w);
+        let var = self.var(patches.var.is_some() || cls.grad.is_some() || pos.grad.is_some());
+        if let Some(v) = var {
+            self.ops.push(Op::Embed {
+                pv: patches.var,
+                patches_shape: patches.t.shape.clone(),
+                dcls: cls.grad.cloned(),
+                dpos: pos.grad.cloned(),
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
+    /// Backpropagates `droot` (the gradient of `root`) through every recorded op, in reverse,
+    /// accumulating into the parameters' gradient buffers. Clears the tape.
+    pub fn backward(&mut self, root: &Node, droot: GpuTensor) -> Result<()> {
+        let gpu = self.gpu;
+        let mut grads: HashMap<Var, GpuTensor> = HashMap::new();
+        if let Some(v) = root.var {
+            grads.insert(v, droot);
+        }
+        let ops = std::mem::take(&mut self.ops);
+        for op in ops.into_iter().rev() {
+            match op {
+                Op::Linear {
+                    x,
+                    xv,
+                    w,
+                    dw,
+                    db,
+                    out,
+                    cls,
+                } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    if let Some(dw) = &dw {
+                        if cls {
+                            kernels::matmul::linear_backward_weight_cls(gpu, dw, &dy, &x, true);
+                        } else {
+                            kernels::matmul::linear_backward_weight(gpu, dw, &dy, &x, true);
+                        }
+                    }
+                    if let Some(db) = &db {
+                        kernels::matmul::bias_backward(gpu, db, &dy, true);
+                    }
+                    if let Some(xv) = xv {
+                        let dx = self.grad_slot(&mut grads, xv, &x)?;
+                        if cls {
+                            kernels::matmul::linear_backward_input_cls(gpu, &dx.0, &dy, &w, dx.1);
+                        } else {
+                            kernels::matmul::linear_backward_input(gpu, &dx.0, &dy, &w, dx.1);
+                        }
+                    }
+                }
+                Op::LayerNorm {
+                    x,
+                    xv,
+                    w,
+                    dw,
+                    db,
+                    mean,
+                    rstd,
+                    out,
+                } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    if let (Some(dw), Some(db)) = (&dw, &db) {
+                        kernels::layernorm::layernorm_backward_params(
+                            gpu, dw, db, &dy, &x, &mean, &rstd, true,
+                        );
+                    }
+                    if let Some(xv) = xv {
+                        let (dx, acc) = self.grad_slot(&mut grads, xv, &x)?;
+                        kernels::layernorm::layernorm_backward(
+                            gpu, &dx, None, None, &dy, &x, &w, &mean, &rstd, acc,
+                        );
+                    }
+                }
+                Op::Gelu { x, xv, act, out } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    let (dx, acc) = self.grad_slot(&mut grads, xv, &x)?;
+                    kernels::gelu::gelu_backward(gpu, &dx, &dy, &x, act, acc);
+                }
+                Op::Attention {
+                    qkv,
+                    qv,
+                    o,
+                    lse,
+                    heads,
+                    out,
+                } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    let [b, t, _] = qkv.shape[..] else {
+                        unreachable!()
+                    };
+                    let delta = gpu.alloc(&[b, heads, t], DType::F32)?;
+                    if let Some(prev) = grads.get(&qv) {
+                        // qkv is consumed only by attention in a ViT, but stay correct if not.
+                        let d = self.alloc(&qkv.shape)?;
+                        kernels::attention::attention_backward(
+                            gpu, &d, &delta, &dy, &qkv, &o, &lse, heads,
+                        );
+                        kernels::residual::residual_backward(gpu, prev, &d, true);
+                    } else {
+                        let d = self.alloc(&qkv.shape)?;
+                        kernels::attention::attention_backward(
+                            gpu, &d, &delta, &dy, &qkv, &o, &lse, heads,
+                        );
+                        grads.insert(qv, d);
+                    }
+                }
+                Op::Residual { a, b, out } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    // The gradient reaches both branches; each gets its own buffer because
+                    // later ops accumulate into them independently.
+                    for v in [a, b].into_iter().flatten() {
+                        let (dx, acc) = self.grad_slot(&mut grads, v, &dy)?;
+                        kernels::residual::residual_backward(gpu, &dx, &dy, acc);
+                    }
+                }
+                Op::Embed {
+                    pv,
+                    patches_shape,
+                    dcls,
+                    dpos,
+                    out,
+                } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    let [_, t, c] = dy.shape[..] else {
+                        unreachable!()
+                    };
+                    // The kernel writes all three; scratch stands in for the frozen ones.
+                    let dp = self.alloc(&patches_shape)?;
+                    let scratch_cls;
+                    let scratch_pos;
+                    let dcls = match &dcls {
+                        Some(g) => g,
+                        None => {
+                            scratch_cls = gpu.alloc(&[c], DType::F32)?;
+                            &scratch_cls
+                        }
+                    };
+                    let dpos = match &dpos {
+                        Some(g) => g,
+                        None => {
+                            scratch_pos = gpu.alloc(&[t, c], DType::F32)?;
+                            &scratch_pos
+                        }
+                    };
+                    kernels::embed::embed_backward(gpu, &dp, dcls, dpos, &dy, true);
+                    if let Some(pv) = pv {
+                        match grads.get(&pv) {
+                            Some(prev) => {
+                                kernels::residual::residual_backward(gpu, prev, &dp, true)
+                            }
+                            None => {
+                                grads.insert(pv, dp);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient buffer of `v` (shaped like `like`) and whether to accumulate into it.
+    fn grad_slot(
+        &self,
+        grads: &mut HashMap<Var, GpuTensor>,
+        v: Var,
+        like: &GpuTensor,
+    ) -> Result<(GpuTensor, bool)> {
+        if let Some(g) = grads.get(&v) {
+            return Ok((g.clone(), true));
+        }
+        // Fresh buffers are zero-filled, which the CLS-row backward relies on.
+        let g = self.gpu.alloc(&like.shape, like.dtype)?;
+        grads.insert(v, g.clone());
+        Ok((g, false))
+    }
+}

@@ -7,3 +7,5 @@ pub mod rng;
 pub use augment::*;
 pub use preprocess::*;
 pub use rng::Rng;
+pub mod dataset;
+pub use dataset::{Dataset, Sample, Source};

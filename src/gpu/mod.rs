@@ -327,6 +327,18 @@ impl Gpu {
         );
     }
 
+    /// Records a fill with zeros.
+    pub fn zero(&self, t: &GpuTensor) {
+        let mut rec = self.rec.lock().unwrap();
+        let device = &self.device;
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vitgpu"),
+            })
+        });
+        encoder.clear_buffer(&t.buffer, t.offset, Some(t.byte_size()));
+    }
+
     /// Allocates an uninitialised (zeroed by wgpu) tensor.
     pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let bytes = tensor::byte_size(shape, dtype);
@@ -394,9 +406,8 @@ impl Gpu {
 
     pub fn upload_u32(&self, data: &[u32]) -> GpuTensor {
         let mut v = data.to_vec();
-        if v.is_empty() {
-            v.push(0);
-        }
+        // Same minimum size as every other tensor (see tensor::byte_size).
+        v.resize(v.len().max(4), 0);
         let buffer = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -11,7 +11,7 @@ pub struct MatmulParams {
     pub m: u32,
     pub n: u32,
     pub k: u32,
-    pub _pad: u32,
+    pub c_sm: u32,
     pub a_sm: u32,
     pub a_sk: u32,
     pub b_sk: u32,
@@ -151,7 +151,7 @@ pub fn linear_forward(
         m: m as u32,
         n: n as u32,
         k: k as u32,
-        _pad: 0,
+        c_sm: n as u32,
         a_sm: k as u32,
         a_sk: 1,
         b_sk: 1,
@@ -176,7 +176,7 @@ pub fn linear_backward_input(
         m: m as u32,
         n: k as u32,
         k: n as u32,
-        _pad: 0,
+        c_sm: k as u32,
         a_sm: n as u32,
         a_sk: 1,
         b_sk: k as u32,
@@ -204,7 +204,7 @@ pub fn linear_backward_weight(
         m: n as u32,
         n: k as u32,
         k: m as u32,
-        _pad: 0,
+        c_sm: k as u32,
         a_sm: 1,
         a_sk: n as u32,
         b_sk: k as u32,
@@ -221,7 +221,7 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         m: m as u32,
         n: n as u32,
         k: 0,
-        _pad: 0,
+        c_sm: n as u32,
         a_sm: 0,
         a_sk: 0,
         b_sk: 0,
@@ -240,6 +240,86 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         &[(1, dy), (4, db)],
         [(n as u32).div_ceil(2).div_ceil(64), 1, 1],
     );
+}
+
+/// The classifier on the CLS token: `out (B, N) = act(x[:, 0, :] · wᵀ + bias)` for x (B, T, K),
+/// reading every T-th row without a gather.
+pub fn linear_forward_cls(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+) {
+    let [b, t, k] = x.shape[..] else {
+        panic!("linear_forward_cls: x must be (B, T, C)")
+    };
+    let n = w.shape[0];
+    assert_eq!((w.shape[1], out.rows(), out.cols()), (k, b, n));
+    let p = MatmulParams {
+        m: b as u32,
+        n: n as u32,
+        k: k as u32,
+        c_sm: n as u32,
+        a_sm: (t * k) as u32,
+        a_sk: 1,
+        b_sk: 1,
+        b_sn: k as u32,
+    };
+    gemm(gpu, out, x, w, bias, p, Act::None, false);
+}
+
+/// Backward of [`linear_forward_cls`] for the input: `dx[:, 0, :] (+)= dy · w` for dx
+/// (B, T, K); the other rows are left as they are (zero in a fresh buffer).
+pub fn linear_backward_input_cls(
+    gpu: &Gpu,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    accum: bool,
+) {
+    let [b, t, k] = dx.shape[..] else {
+        panic!("linear_backward_input_cls: dx must be (B, T, C)")
+    };
+    let n = w.shape[0];
+    assert_eq!((dy.rows(), dy.cols(), w.shape[1]), (b, n, k));
+    let p = MatmulParams {
+        m: b as u32,
+        n: k as u32,
+        k: n as u32,
+        c_sm: (t * k) as u32,
+        a_sm: n as u32,
+        a_sk: 1,
+        b_sk: k as u32,
+        b_sn: 1,
+    };
+    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+}
+
+/// Backward of [`linear_forward_cls`] for the weight: `dw (+)= dyᵀ · x[:, 0, :]`.
+pub fn linear_backward_weight_cls(
+    gpu: &Gpu,
+    dw: &GpuTensor,
+    dy: &GpuTensor,
+    x: &GpuTensor,
+    accum: bool,
+) {
+    let [b, t, k] = x.shape[..] else {
+        panic!("linear_backward_weight_cls: x must be (B, T, C)")
+    };
+    let n = dw.shape[0];
+    assert_eq!((dy.rows(), dy.cols(), dw.shape[1]), (b, n, k));
+    let p = MatmulParams {
+        m: n as u32,
+        n: k as u32,
+        k: b as u32,
+        c_sm: k as u32,
+        a_sm: 1,
+        a_sk: n as u32,
+        b_sk: (t * k) as u32,
+        b_sn: 1,
+    };
+    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
 }
 
 /// CPU reference of [`linear_forward`]: x (M, K), w (N, K).

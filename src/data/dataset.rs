@@ -1,0 +1,208 @@
+//! Labelled image datasets: ImageFolder layouts on disk and the embedded MNIST sample.
+
+use super::Rng;
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a sample's pixels come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Memory(Arc<RgbImage>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub source: Source,
+    pub label: usize,
+}
+
+impl Sample {
+    pub fn load(&self) -> Result<RgbImage> {
+        match &self.source {
+            Source::File(p) => super::load_rgb(p),
+            Source::Memory(img) => Ok((**img).clone()),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::File(p) => p.display().to_string(),
+            Source::Memory(_) => "<embedded>".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    /// Class names; index = label id (sorted by name for folders).
+    pub classes: Vec<String>,
+    pub train: Vec<Sample>,
+    pub validation: Vec<Sample>,
+    pub test: Vec<Sample>,
+}
+
+fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read data folder {}", dir.display()))?
+    {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            v.push((e.file_name().to_string_lossy().to_string(), e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn files_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = super::collect_images(&[dir.to_path_buf()])?;
+    files.sort();
+    Ok(files)
+}
+
+/// A split `DIR/CLASS/*` with labels looked up in `classes`.
+fn labelled_split(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for (name, path) in class_dirs(dir)? {
+        let Some(label) = classes.iter().position(|c| *c == name) else {
+            bail!(
+                "{}: class '{name}' does not exist in the training split (classes: {})",
+                dir.display(),
+                classes.join(", ")
+            );
+        };
+        for f in files_of(&path)? {
+            out.push(Sample {
+                source: Source::File(f),
+                label,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Dataset {
+    /// `DIR/train/CLASS/*` with optional `DIR/validation` (or `val`) and `DIR/test`; or a flat
+    /// `DIR/CLASS/*` split per class by `val_fraction` with `seed`.
+    pub fn image_folder(dir: &Path, val_fraction: f64, seed: u64) -> Result<Dataset> {
+        if !dir.is_dir() {
+            bail!(
+                "data folder {} does not exist (expected DIR/train/CLASS/* or DIR/CLASS/*)",
+                dir.display()
+            );
+        }
+        let train_dir = dir.join("train");
+        let mut ds = Dataset::default();
+        let (class_root, split) = if train_dir.is_dir() {
+            (train_dir.clone(), false)
+        } else {
+            (dir.to_path_buf(), true)
+        };
+        let classes = class_dirs(&class_root)?;
+        if classes.is_empty() {
+            bail!(
+                "{} has no class folders: put images in {}/CLASS_NAME/",
+                class_root.display(),
+                class_root.display()
+            );
+        }
+        ds.classes = classes.iter().map(|(n, _)| n.clone()).collect();
+        let mut rng = Rng::new(seed);
+        for (label, (name, path)) in classes.iter().enumerate() {
+            let files = files_of(path)?;
+            if files.is_empty() {
+                bail!(
+                    "class folder {} ({name}) has no images: add some or remove the folder",
+                    path.display()
+                );
+            }
+            let mut samples: Vec<Sample> = files
+                .into_iter()
+                .map(|f| Sample {
+                    source: Source::File(f),
+                    label,
+                })
+                .collect();
+            if split && val_fraction > 0.0 {
+                rng.shuffle(&mut samples);
+                let n_val = ((samples.len() as f64) * val_fraction).round() as usize;
+                let n_val = n_val.min(samples.len().saturating_sub(1));
+                let mut val: Vec<Sample> = samples.drain(..n_val).collect();
+                // Back to name order within the class, so --no-shuffle is a fixed, readable order.
+                let key = |s: &Sample| s.describe();
+                val.sort_by_key(key);
+                samples.sort_by_key(key);
+                ds.validation.extend(val);
+            }
+            ds.train.extend(samples);
+        }
+        if !split {
+            for name in ["validation", "val"] {
+                let d = dir.join(name);
+                if d.is_dir() {
+                    ds.validation = labelled_split(&d, &ds.classes)?;
+                    break;
+                }
+            }
+            let t = dir.join("test");
+            if t.is_dir() {
+                ds.test = labelled_split(&t, &ds.classes)?;
+            }
+        }
+        Ok(ds)
+    }
+
+    /// The 5,000 MNIST digits shipped in the binary (assets/mnist_5k.csv.gz, CC BY-SA 3.0,
+    /// LeCun, Cortes & Burges): 4,500 for training, 500 for validation.
+    pub fn mnist_embedded() -> Result<Dataset> {
+        static CSV_GZ: &[u8] = include_bytes!("../../assets/mnist_5k.csv.gz");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(CSV_GZ)
+            .read_to_string(&mut text)
+            .context("decompressing the embedded MNIST sample")?;
+        let mut ds = Dataset {
+            classes: (0..10).map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let vals: Vec<u8> = line
+                .split(',')
+                .map(|v| v.trim().parse::<u8>())
+                .collect::<Result<_, _>>()
+                .context("embedded MNIST sample")?;
+            if vals.len() != 785 {
+                bail!(
+                    "embedded MNIST line {i} has {} values, expected 785",
+                    vals.len()
+                );
+            }
+            let img = RgbImage::from_fn(28, 28, |x, y| {
+                let v = vals[(y * 28 + x) as usize];
+                image::Rgb([v, v, v])
+            });
+            let s = Sample {
+                source: Source::Memory(Arc::new(img)),
+                label: vals[784] as usize,
+            };
+            if i % 10 == 9 {
+                ds.validation.push(s);
+            } else {
+                ds.train.push(s);
+            }
+        }
+        Ok(ds)
+    }
+
+    pub fn split(&self, name: &str) -> Result<&[Sample]> {
+        Ok(match name {
+            "train" => &self.train,
+            "validation" | "val" => &self.validation,
+            "test" => &self.test,
+            other => bail!("unknown split '{other}': use train, validation or test"),
+        })
+    }
+}

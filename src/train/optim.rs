@@ -1,0 +1,212 @@
+//! Optimizer state: trainable parameters packed into one flat f32 buffer (master weights,
+//! gradients, Adam moments), global-norm clipping, dynamic loss scaling and LR schedules.
+
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::kernels::adamw::{adamw_step, cast_f16, grad_sumsq, AdamWStep};
+use crate::model::Vit;
+use anyhow::Result;
+
+/// Views are 256-byte aligned in both f32 and f16 buffers: 128 elements.
+const ALIGN: usize = 128;
+
+pub struct FlatParams {
+    pub master: GpuTensor,
+    pub grads: GpuTensor,
+    m: GpuTensor,
+    v: GpuTensor,
+    /// f16 copies the forward pass reads, in f16 training.
+    half: Option<GpuTensor>,
+    partial: GpuTensor,
+    /// Elements [0, n_decay) are weight-decayed.
+    pub n_decay: usize,
+    /// (parameter index in the model, element offset, element count).
+    pub entries: Vec<(usize, usize, usize)>,
+}
+
+impl FlatParams {
+    /// Packs the model's `trainable` parameters (decayed ones first) and points the model's
+    /// weights and gradients at views of the flat buffers.
+    pub fn new(
+        gpu: &Gpu,
+        vit: &mut Vit,
+        trainable: &[usize],
+        host: &[Vec<f32>],
+    ) -> Result<FlatParams> {
+        let mut order: Vec<usize> = trainable
+            .iter()
+            .copied()
+            .filter(|&i| vit.specs[i].decay)
+            .collect();
+        let n_decay_params = order.len();
+        order.extend(trainable.iter().copied().filter(|&i| !vit.specs[i].decay));
+        let mut entries = Vec::new();
+        let mut off = 0;
+        let mut n_decay = 0;
+        for (k, &i) in order.iter().enumerate() {
+            let n = host[i].len();
+            entries.push((i, off, n));
+            off += n.div_ceil(ALIGN) * ALIGN;
+            if k + 1 == n_decay_params {
+                n_decay = off;
+            }
+        }
+        let total = off.max(ALIGN);
+        let mut flat = vec![0.0f32; total];
+        for &(i, o, n) in &entries {
+            flat[o..o + n].copy_from_slice(&host[i]);
+        }
+        let master = gpu.upload(&flat, &[total], DType::F32)?;
+        let grads = gpu.alloc(&[total], DType::F32)?;
+        let half = if vit.dtype == DType::F16 {
+            let h = gpu.alloc(&[total], DType::F16)?;
+            cast_f16(gpu, &h, &master);
+            Some(h)
+        } else {
+            None
+        };
+        for &(i, o, _) in &entries {
+            let shape = vit.specs[i].shape.clone();
+            vit.weights[i] = match &half {
+                Some(h) => h.view(o, &shape),
+                None => master.view(o, &shape),
+            };
+            vit.grads[i] = Some(grads.view(o, &shape));
+        }
+        Ok(FlatParams {
+            m: gpu.alloc(&[total], DType::F32)?,
+            v: gpu.alloc(&[total], DType::F32)?,
+            partial: gpu.alloc(&[256], DType::F32)?,
+            master,
+            grads,
+            half,
+            n_decay,
+            entries,
+        })
+    }
+
+    pub fn zero_grads(&self, gpu: &Gpu) {
+        gpu.zero(&self.grads);
+    }
+
+    /// Σ grad² over all trainable parameters (one readback).
+    pub fn grad_sumsq(&self, gpu: &Gpu) -> Result<f64> {
+        grad_sumsq(gpu, &self.grads, &self.partial)
+    }
+
+    pub fn step(&self, gpu: &Gpu, s: &AdamWStep) {
+        adamw_step(
+            gpu,
+            &self.master,
+            &self.m,
+            &self.v,
+            &self.grads,
+            self.n_decay,
+            s,
+        );
+        if let Some(h) = &self.half {
+            cast_f16(gpu, h, &self.master);
+        }
+    }
+
+    /// Current master values of each trainable parameter.
+    pub fn read_master(&self, gpu: &Gpu) -> Result<Vec<(usize, Vec<f32>)>> {
+        let all = gpu.read(&self.master)?;
+        Ok(self
+            .entries
+            .iter()
+            .map(|&(i, o, n)| (i, all[o..o + n].to_vec()))
+            .collect())
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries.iter().map(|e| e.2).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// Learning-rate multiplier for optimizer step `step` (0-based) as transformers' schedulers.
+pub fn lr_factor(schedule: Schedule, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return step as f64 / warmup.max(1) as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    match schedule {
+        Schedule::Constant => 1.0,
+        Schedule::Linear => {
+            ((total as f64 - step as f64) / (total.saturating_sub(warmup)).max(1) as f64).max(0.0)
+        }
+        Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+    }
+}
+
+/// Dynamic loss scaling for f16 training, as torch.cuda.amp.GradScaler: halve and skip the
+/// step on inf/NaN gradients, double after `interval` good steps.
+pub struct LossScaler {
+    pub scale: f32,
+    good: u32,
+    interval: u32,
+}
+
+impl LossScaler {
+    pub fn new(enabled: bool) -> LossScaler {
+        LossScaler {
+            scale: if enabled { 65536.0 } else { 1.0 },
+            good: 0,
+            interval: if enabled { 2000 } else { u32::MAX },
+        }
+    }
+
+    /// Records whether the gradients were finite; returns false when the step must be skipped.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if self.interval == u32::MAX {
+            return finite;
+        }
+        if !finite {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good = 0;
+            return false;
+        }
+        self.good += 1;
+        if self.good >= self.interval {
+            self.scale *= 2.0;
+            self.good = 0;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers() {
+        // get_linear_schedule_with_warmup(warmup=2, total=10)
+        assert_eq!(lr_factor(Schedule::Linear, 0, 2, 10), 0.0);
+        assert_eq!(lr_factor(Schedule::Linear, 1, 2, 10), 0.5);
+        assert_eq!(lr_factor(Schedule::Linear, 2, 2, 10), 1.0);
+        assert!((lr_factor(Schedule::Linear, 6, 2, 10) - 0.5).abs() < 1e-12);
+        // get_cosine_schedule_with_warmup: halfway through the decay → 0.5
+        assert!((lr_factor(Schedule::Cosine, 6, 2, 10) - 0.5).abs() < 1e-12);
+        assert!(lr_factor(Schedule::Cosine, 10, 2, 10).abs() < 1e-12);
+        assert_eq!(lr_factor(Schedule::Constant, 7, 0, 10), 1.0);
+    }
+
+    #[test]
+    fn loss_scaler_skips_and_halves_on_overflow() {
+        let mut s = LossScaler::new(true);
+        assert!(!s.update(false));
+        assert_eq!(s.scale, 32768.0);
+        assert!(s.update(true));
+        let mut off = LossScaler::new(false);
+        assert!(off.update(true));
+        assert!(!off.update(false));
+        assert_eq!(off.scale, 1.0);
+    }
+}

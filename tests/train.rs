@@ -1,0 +1,294 @@
+//! Training against PyTorch: whole-model gradients, and `vitgpu finetune` (full and head-only)
+//! against a plain torch.optim.AdamW loop on the same checkpoint and batches.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use vitgpu::checkpoint;
+use vitgpu::gpu::DType;
+use vitgpu::model::weights::internal_to_hf;
+use vitgpu::model::Vit;
+use vitgpu::tape::Graph;
+
+/// ‖got − want‖ / ‖want‖ per tensor; tensors whose true value is 0 (key biases: softmax is
+/// shift invariant) are checked absolutely.
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let n: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    d / n.max(1e-30)
+}
+
+fn check_grads(model: &str, fixture: &str) {
+    let g = gpu();
+    let ckpt = checkpoint::load(&fixture_path(&format!("models/{model}"))).unwrap();
+    let f = load_fixture(fixture);
+    let mut vit = Vit::load(g, &ckpt, DType::F32, None).unwrap();
+    for i in 0..vit.specs.len() {
+        vit.grads[i] = Some(g.alloc(&vit.specs[i].shape, DType::F32).unwrap());
+    }
+    let (ps, px) = get(&f, "pixel_values");
+    let labels: Vec<u32> = get(&f, "labels").1.iter().map(|&v| v as u32).collect();
+    let pixels = g.upload(px, ps, DType::F32).unwrap();
+    let mut graph = Graph::new(g, DType::F32);
+    let logits = vit.forward(&mut graph, &pixels).unwrap();
+    let lab = g.upload_u32(&labels);
+    let b = labels.len();
+    let losses = g.alloc(&[b], DType::F32).unwrap();
+    vitgpu::kernels::softmax::cross_entropy_forward(g, &losses, &logits.t, &lab);
+    let d = g.alloc(&logits.t.shape, DType::F32).unwrap();
+    vitgpu::kernels::softmax::cross_entropy_backward(g, &d, &logits.t, &lab, 1.0 / b as f32);
+    graph.backward(&logits, d).unwrap();
+    let loss = g.read(&losses).unwrap().iter().sum::<f32>() / b as f32;
+    assert_close("loss", &[loss], &get(&f, "loss").1, 1e-5, 1e-5);
+    let host: Vec<_> = vit
+        .specs
+        .iter()
+        .zip(&vit.grads)
+        .map(|(s, gr)| (s.clone(), g.read(gr.as_ref().unwrap()).unwrap()))
+        .collect();
+    let grads = internal_to_hf(&vit.config, &host).unwrap();
+    let mut checked = 0;
+    for (name, t) in &grads {
+        let want = &get(&f, &format!("grad.{name}")).1;
+        if name.ends_with("attention.key.bias") {
+            assert!(max_abs_diff(&t.data, want) < 1e-5, "{name}: expected ~0");
+        } else {
+            let e = rel_l2(&t.data, want);
+            // The issue's bound: 1e-4 relative per tensor in f32.
+            assert!(e < 1e-4, "grad.{name}: relative L2 error {e:.2e}");
+        }
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        f.keys().filter(|k| k.starts_with("grad.")).count(),
+        "every parameter's gradient is compared"
+    );
+}
+
+#[test]
+fn whole_model_gradients_match_pytorch_autograd() {
+    check_grads("vit_tiny_cls", "grads.safetensors");
+}
+
+#[test]
+fn whole_model_gradients_match_pytorch_tanh_no_qkv_bias() {
+    check_grads("vit_tanh_nobias", "grads_tanh.safetensors");
+}
+
+fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
+    let data = fixture_path("train/data");
+    let start = fixture_path("train/start");
+    let mut args = vec![
+        "finetune",
+        "--model",
+        start.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--precision",
+        "f32",
+        "--no-augment",
+        "--no-shuffle",
+        "--lr-schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+        "--max-grad-norm",
+        "0",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0.01",
+    ];
+    args.extend_from_slice(extra);
+    let o = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "finetune failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn logged_losses(out: &Path) -> Vec<f32> {
+    std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("split").is_none())
+        .map(|v| v["loss"].as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
+    checkpoint::load(dir)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.data))
+        .collect()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vitgpu-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn full_finetune_follows_the_pytorch_loop() {
+    let out = tmp("full");
+    finetune(&out, &["--full"]);
+    let f = load_fixture("train/full.safetensors");
+    let losses = logged_losses(&out);
+    // Issue bound: per-step losses within 1e-3 relative.
+    assert_close("per-step losses", &losses, &get(&f, "losses").1, 0.0, 1e-3);
+    let start = tensors(&fixture_path("train/start"));
+    let end = tensors(&out);
+    for (name, s) in &start {
+        let want = &get(&f, &format!("final.{name}")).1;
+        let got = &end[name];
+        if name.ends_with("attention.key.bias") {
+            // True gradient is 0: Adam turns rounding noise into ±lr steps (fixture README).
+            assert!(max_abs_diff(got, want) < 2e-2, "{name}");
+            continue;
+        }
+        let du: Vec<f32> = got.iter().zip(s).map(|(a, b)| a - b).collect();
+        let dw: Vec<f32> = want.iter().zip(s).map(|(a, b)| a - b).collect();
+        let e = rel_l2(&du, &dw);
+        // "the saved parameter update within a few percent (relative L2)".
+        assert!(
+            e < 0.03,
+            "{name}: update differs by {:.2}% (relative L2)",
+            e * 100.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn head_only_finetune_follows_pytorch_and_leaves_the_backbone_bit_identical() {
+    let out = tmp("head");
+    finetune(&out, &["--head-only"]);
+    let f = load_fixture("train/head_only.safetensors");
+    assert_close(
+        "head-only losses",
+        &logged_losses(&out),
+        &get(&f, "losses").1,
+        0.0,
+        1e-3,
+    );
+    let start = tensors(&fixture_path("train/start"));
+    let end = tensors(&out);
+    for (name, s) in &start {
+        if name.starts_with("classifier.") {
+            let e = rel_l2(
+                &end[name]
+                    .iter()
+                    .zip(s)
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<_>>(),
+                &get(&f, &format!("final.{name}"))
+                    .1
+                    .iter()
+                    .zip(s)
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<_>>(),
+            );
+            assert!(e < 0.03, "{name}: update differs by {:.2}%", e * 100.0);
+        } else {
+            assert!(
+                end[name]
+                    .iter()
+                    .zip(s)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "frozen {name} changed"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn saved_checkpoint_has_transformers_layout_and_predicts_like_training() {
+    let out = tmp("layout");
+    finetune(&out, &["--full", "--max-steps", "1"]);
+    // Same tensor names, shapes and dtype as transformers' own save of this architecture.
+    let ours = checkpoint::load(&out).unwrap();
+    let theirs = checkpoint::load(&fixture_path("train/start")).unwrap();
+    let shapes = |c: &checkpoint::Checkpoint| {
+        c.tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shapes(&ours), shapes(&theirs));
+    let raw = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    assert!(st
+        .tensors()
+        .iter()
+        .all(|(_, v)| v.dtype() == safetensors::Dtype::F32));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["id2label"]["0"], "bird");
+    assert_eq!(cfg["model_type"], "vit");
+    assert!(out.join("preprocessor_config.json").exists());
+    // predict on the saved model runs and gives probabilities.
+    let img = fixture_path("train/data/train/cat/000.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args([
+            "predict",
+            "--model",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+            img.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let probs: Vec<f64> = v[0]["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn res_finetuning_saves_a_checkpoint_at_the_new_resolution() {
+    let out = tmp("res");
+    finetune(&out, &["--full", "--max-steps", "1", "--res", "48"]);
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!(ck.config.image_size, 48);
+    assert_eq!(
+        ck.tensors["vit.embeddings.position_embeddings"].shape,
+        vec![1, 37, 96]
+    );
+    let pre: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pre["size"]["height"], 48);
+    let _ = std::fs::remove_dir_all(&out);
+}
