@@ -41,15 +41,19 @@ override DQKV_F16: bool = false;
 override HD: u32 = 64u;
 // Rows (queries or keys) per workgroup, one per thread.
 override WG: u32 = 64u;
+// Quads per row: rows are held as vec4s, the last one zero-padded when HD % 4 == 2.
+override HQ: u32 = (HD + 2u) / 4u;
 
 const D_MAX: u32 = 128u;
+const Q_MAX: u32 = 32u; // D_MAX / 4 quads
 // Keys (forward, dq) or queries (dkdv) per staged tile: 2 tiles × KT × D_MAX f32 = 16 KiB.
 const KT: u32 = 16u;
 // Very negative but finite, so that exp(m_old − m_new) is 0 rather than NaN on the first tile.
 const NEG_BIG: f32 = -3.0e38;
 
-var<workgroup> TILE_A: array<f32, 2048>; // [KT][HD]: K (forward, dq) or scaled q (dkdv)
-var<workgroup> TILE_B: array<f32, 2048>; // [KT][HD]: V (forward, dq) or dout (dkdv)
+// Rows are stored as HQ quads, which quarters the inner loop trip counts.
+var<workgroup> TILE_A: array<vec4<f32>, 512>; // [KT][HQ]: K (forward, dq) or scaled q (dkdv)
+var<workgroup> TILE_B: array<vec4<f32>, 512>; // [KT][HQ]: V (forward, dq) or dout (dkdv)
 var<workgroup> ROW_A: array<f32, 16>; // [KT] lse (dkdv)
 var<workgroup> ROW_B: array<f32, 16>; // [KT] delta (dkdv)
 
@@ -66,6 +70,25 @@ fn ld2_out(i: u32) -> vec2<f32> {
     if (OUT_F16) { return unpack2x16float(OUT_IN[i >> 1u]); }
     return vec2<f32>(bitcast<f32>(OUT_IN[i]), bitcast<f32>(OUT_IN[i + 1u]));
 }
+// Quad d of a row starting at element i (even): zero-padded past HD.
+fn ld4_qkv(i: u32, d: u32) -> vec4<f32> {
+    let e = i + 4u * d;
+    var hi = vec2<f32>(0.0);
+    if (4u * d + 2u < HD) { hi = ld2_qkv(e + 2u); }
+    return vec4<f32>(ld2_qkv(e), hi);
+}
+fn ld4_dout(i: u32, d: u32) -> vec4<f32> {
+    let e = i + 4u * d;
+    var hi = vec2<f32>(0.0);
+    if (4u * d + 2u < HD) { hi = ld2_dout(e + 2u); }
+    return vec4<f32>(ld2_dout(e), hi);
+}
+fn ld4_out(i: u32, d: u32) -> vec4<f32> {
+    let e = i + 4u * d;
+    var hi = vec2<f32>(0.0);
+    if (4u * d + 2u < HD) { hi = ld2_out(e + 2u); }
+    return vec4<f32>(ld2_out(e), hi);
+}
 // Pair stores at an even element index i (whole words when f16).
 fn st2_out(i: u32, v: vec2<f32>) {
     if (OUT_F16) { OUT[i >> 1u] = pack2x16float(v); } else {
@@ -78,6 +101,18 @@ fn st2_dqkv(i: u32, v: vec2<f32>) {
         DQKV[i] = bitcast<u32>(v.x);
         DQKV[i + 1u] = bitcast<u32>(v.y);
     }
+}
+// Quad stores of quad d of a row starting at element i, dropping the padding.
+fn st4_out(i: u32, d: u32, v: vec4<f32>) {
+    st2_out(i + 4u * d, v.xy);
+    if (4u * d + 2u < HD) { st2_out(i + 4u * d + 2u, v.zw); }
+}
+fn st4_dqkv(i: u32, d: u32, v: vec4<f32>) {
+    st2_dqkv(i + 4u * d, v.xy);
+    if (4u * d + 2u < HD) { st2_dqkv(i + 4u * d + 2u, v.zw); }
+}
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
 }
 
 // (b, h) of this workgroup; B·H is split over y and z when it exceeds 65535.
@@ -99,20 +134,18 @@ fn out_index(b: u32, row: u32, h: u32) -> u32 {
 // Stages keys k0 .. k0+KT of head (b, h) into TILE_A and their values into TILE_B
 // (zeros past T). Called by the whole workgroup.
 fn stage_kv(b: u32, h: u32, k0: u32, lid: u32) {
-    for (var e = lid; e < KT * HD / 2u; e += WG) {
-        let j = (2u * e) / HD;
-        let d = (2u * e) % HD;
+    for (var e = lid; e < KT * HQ; e += WG) {
+        let j = e / HQ;
+        let d = e % HQ;
         let key = k0 + j;
-        var kv = vec2<f32>(0.0);
-        var vv = vec2<f32>(0.0);
+        var kv = vec4<f32>(0.0);
+        var vv = vec4<f32>(0.0);
         if (key < p.t) {
-            kv = ld2_qkv(qkv_index(b, key, h, 1u) + d);
-            vv = ld2_qkv(qkv_index(b, key, h, 2u) + d);
+            kv = ld4_qkv(qkv_index(b, key, h, 1u), d);
+            vv = ld4_qkv(qkv_index(b, key, h, 2u), d);
         }
-        TILE_A[j * HD + d] = kv.x;
-        TILE_A[j * HD + d + 1u] = kv.y;
-        TILE_B[j * HD + d] = vv.x;
-        TILE_B[j * HD + d + 1u] = vv.y;
+        TILE_A[e] = kv;
+        TILE_B[e] = vv;
     }
 }
 
@@ -128,15 +161,12 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     // Rows past T still help stage tiles; they compute on row T−1 and store nothing.
     let ii = min(i, p.t - 1u);
 
-    var q: array<f32, D_MAX>;
-    var acc: array<f32, D_MAX>;
+    var q: array<vec4<f32>, Q_MAX>;
+    var acc: array<vec4<f32>, Q_MAX>;
     let qi = qkv_index(b, ii, h, 0u);
-    for (var d = 0u; d < HD; d += 2u) {
-        let v = ld2_qkv(qi + d);
-        q[d] = v.x * p.scale;
-        q[d + 1u] = v.y * p.scale;
-        acc[d] = 0.0;
-        acc[d + 1u] = 0.0;
+    for (var d = 0u; d < HQ; d++) {
+        q[d] = ld4_qkv(qi, d) * p.scale;
+        acc[d] = vec4<f32>(0.0);
     }
     var m = NEG_BIG;
     var l = 0.0;
@@ -148,28 +178,26 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         let n = min(KT, p.t - k0);
         var mt = m;
         for (var j = 0u; j < n; j++) {
-            var dot = 0.0;
-            for (var d = 0u; d < HD; d++) { dot = fma(q[d], TILE_A[j * HD + d], dot); }
-            s[j] = dot;
-            mt = max(mt, dot);
+            var dot4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) { dot4 = fma(q[d], TILE_A[j * HQ + d], dot4); }
+            s[j] = hsum(dot4);
+            mt = max(mt, s[j]);
         }
         // Rescale what was accumulated under the old max once per tile.
         let corr = exp(m - mt);
         m = mt;
         l *= corr;
-        for (var d = 0u; d < HD; d++) { acc[d] *= corr; }
+        for (var d = 0u; d < HQ; d++) { acc[d] *= corr; }
         for (var j = 0u; j < n; j++) {
             let pj = exp(s[j] - m);
             l += pj;
-            for (var d = 0u; d < HD; d++) { acc[d] = fma(pj, TILE_B[j * HD + d], acc[d]); }
+            for (var d = 0u; d < HQ; d++) { acc[d] = fma(vec4<f32>(pj), TILE_B[j * HQ + d], acc[d]); }
         }
     }
     if (i < p.t) {
         let inv = 1.0 / l;
         let oi = out_index(b, i, h);
-        for (var d = 0u; d < HD; d += 2u) {
-            st2_out(oi + d, vec2<f32>(acc[d], acc[d + 1u]) * inv);
-        }
+        for (var d = 0u; d < HQ; d++) { st4_out(oi, d, acc[d] * inv); }
         LSE[bh * p.t + i] = m + log(l);
     }
 }
@@ -187,24 +215,19 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let i = wg.x * WG + lid;
     let ii = min(i, p.t - 1u);
 
-    var q: array<f32, D_MAX>;
-    var dout: array<f32, D_MAX>;
-    var dq: array<f32, D_MAX>;
+    var q: array<vec4<f32>, Q_MAX>;
+    var dout: array<vec4<f32>, Q_MAX>;
+    var dq: array<vec4<f32>, Q_MAX>;
     let qi = qkv_index(b, ii, h, 0u);
     let oi = out_index(b, ii, h);
-    var delta = 0.0;
-    for (var d = 0u; d < HD; d += 2u) {
-        let qv = ld2_qkv(qi + d);
-        let gv = ld2_dout(oi + d);
-        let ov = ld2_out(oi + d);
-        q[d] = qv.x * p.scale;
-        q[d + 1u] = qv.y * p.scale;
-        dout[d] = gv.x;
-        dout[d + 1u] = gv.y;
-        dq[d] = 0.0;
-        dq[d + 1u] = 0.0;
-        delta = fma(gv.x, ov.x, fma(gv.y, ov.y, delta));
+    var delta4 = vec4<f32>(0.0);
+    for (var d = 0u; d < HQ; d++) {
+        q[d] = ld4_qkv(qi, d) * p.scale;
+        dout[d] = ld4_dout(oi, d);
+        dq[d] = vec4<f32>(0.0);
+        delta4 = fma(dout[d], ld4_out(oi, d), delta4);
     }
+    let delta = hsum(delta4);
     let lse = LSE_IN[bh * p.t + ii];
     for (var k0 = 0u; k0 < p.t; k0 += KT) {
         workgroupBarrier();
@@ -212,22 +235,20 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         workgroupBarrier();
         let n = min(KT, p.t - k0);
         for (var j = 0u; j < n; j++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var d = 0u; d < HD; d++) {
-                s = fma(q[d], TILE_A[j * HD + d], s);
-                dp = fma(dout[d], TILE_B[j * HD + d], dp);
+            var s4 = vec4<f32>(0.0);
+            var dp4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) {
+                s4 = fma(q[d], TILE_A[j * HQ + d], s4);
+                dp4 = fma(dout[d], TILE_B[j * HQ + d], dp4);
             }
-            let ds = exp(s - lse) * (dp - delta);
-            for (var d = 0u; d < HD; d++) { dq[d] = fma(ds, TILE_A[j * HD + d], dq[d]); }
+            let ds = exp(hsum(s4) - lse) * (hsum(dp4) - delta);
+            for (var d = 0u; d < HQ; d++) { dq[d] = fma(vec4<f32>(ds), TILE_A[j * HQ + d], dq[d]); }
         }
     }
     if (i < p.t) {
         DELTA[bh * p.t + i] = delta;
         let gi = qkv_index(b, i, h, 0u);
-        for (var d = 0u; d < HD; d += 2u) {
-            st2_dqkv(gi + d, vec2<f32>(dq[d], dq[d + 1u]) * p.scale);
-        }
+        for (var d = 0u; d < HQ; d++) { st4_dqkv(gi, d, dq[d] * p.scale); }
     }
 }
 
@@ -243,41 +264,33 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     let j = wg.x * WG + lid;
     let jj = min(j, p.t - 1u);
 
-    var k: array<f32, D_MAX>;
-    var v: array<f32, D_MAX>;
-    var dk: array<f32, D_MAX>;
-    var dv: array<f32, D_MAX>;
+    var k: array<vec4<f32>, Q_MAX>;
+    var v: array<vec4<f32>, Q_MAX>;
+    var dk: array<vec4<f32>, Q_MAX>;
+    var dv: array<vec4<f32>, Q_MAX>;
     let ki = qkv_index(b, jj, h, 1u);
     let vi = qkv_index(b, jj, h, 2u);
-    for (var d = 0u; d < HD; d += 2u) {
-        let kv = ld2_qkv(ki + d);
-        let vv = ld2_qkv(vi + d);
-        k[d] = kv.x;
-        k[d + 1u] = kv.y;
-        v[d] = vv.x;
-        v[d + 1u] = vv.y;
-        dk[d] = 0.0;
-        dk[d + 1u] = 0.0;
-        dv[d] = 0.0;
-        dv[d + 1u] = 0.0;
+    for (var d = 0u; d < HQ; d++) {
+        k[d] = ld4_qkv(ki, d);
+        v[d] = ld4_qkv(vi, d);
+        dk[d] = vec4<f32>(0.0);
+        dv[d] = vec4<f32>(0.0);
     }
     for (var q0 = 0u; q0 < p.t; q0 += KT) {
         workgroupBarrier();
         // Stage scaled q, dout, lse and delta of queries q0 .. q0+KT (zeros past T).
-        for (var e = lid; e < KT * HD / 2u; e += WG) {
-            let r = (2u * e) / HD;
-            let d = (2u * e) % HD;
+        for (var e = lid; e < KT * HQ; e += WG) {
+            let r = e / HQ;
+            let d = e % HQ;
             let qr = q0 + r;
-            var qv = vec2<f32>(0.0);
-            var gv = vec2<f32>(0.0);
+            var qv = vec4<f32>(0.0);
+            var gv = vec4<f32>(0.0);
             if (qr < p.t) {
-                qv = ld2_qkv(qkv_index(b, qr, h, 0u) + d) * p.scale;
-                gv = ld2_dout(out_index(b, qr, h) + d);
+                qv = ld4_qkv(qkv_index(b, qr, h, 0u), d) * p.scale;
+                gv = ld4_dout(out_index(b, qr, h), d);
             }
-            TILE_A[r * HD + d] = qv.x;
-            TILE_A[r * HD + d + 1u] = qv.y;
-            TILE_B[r * HD + d] = gv.x;
-            TILE_B[r * HD + d + 1u] = gv.y;
+            TILE_A[e] = qv;
+            TILE_B[e] = gv;
         }
         for (var r = lid; r < KT; r += WG) {
             let qr = min(q0 + r, p.t - 1u);
@@ -287,26 +300,26 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
         workgroupBarrier();
         let n = min(KT, p.t - q0);
         for (var r = 0u; r < n; r++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var d = 0u; d < HD; d++) {
-                s = fma(TILE_A[r * HD + d], k[d], s);
-                dp = fma(TILE_B[r * HD + d], v[d], dp);
+            var s4 = vec4<f32>(0.0);
+            var dp4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) {
+                s4 = fma(TILE_A[r * HQ + d], k[d], s4);
+                dp4 = fma(TILE_B[r * HQ + d], v[d], dp4);
             }
-            let pr = exp(s - ROW_A[r]);
-            let ds = pr * (dp - ROW_B[r]);
-            for (var d = 0u; d < HD; d++) {
-                dv[d] = fma(pr, TILE_B[r * HD + d], dv[d]);
-                dk[d] = fma(ds, TILE_A[r * HD + d], dk[d]);
+            let pr = exp(hsum(s4) - ROW_A[r]);
+            let ds = pr * (hsum(dp4) - ROW_B[r]);
+            for (var d = 0u; d < HQ; d++) {
+                dv[d] = fma(vec4<f32>(pr), TILE_B[r * HQ + d], dv[d]);
+                dk[d] = fma(vec4<f32>(ds), TILE_A[r * HQ + d], dk[d]);
             }
         }
     }
     if (j < p.t) {
         let gk = qkv_index(b, j, h, 1u);
         let gv = qkv_index(b, j, h, 2u);
-        for (var d = 0u; d < HD; d += 2u) {
-            st2_dqkv(gk + d, vec2<f32>(dk[d], dk[d + 1u]));
-            st2_dqkv(gv + d, vec2<f32>(dv[d], dv[d + 1u]));
+        for (var d = 0u; d < HQ; d++) {
+            st4_dqkv(gk, d, dk[d]);
+            st4_dqkv(gv, d, dv[d]);
         }
     }
 }

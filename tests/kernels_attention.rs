@@ -34,6 +34,7 @@ struct Run {
 }
 
 /// Forward then backward on the GPU with the given storage dtypes (lse and delta are f32).
+/// Every output starts out holding garbage, so a kernel that skips or accumulates fails.
 fn run_gpu(
     g: &Gpu,
     qkv: &[f32],
@@ -43,13 +44,17 @@ fn run_gpu(
     grad: DType,
 ) -> Run {
     let c = h * d;
+    let garbage = |shape: &[usize], dt: DType| -> GpuTensor {
+        let n = shape.iter().product();
+        g.upload(&rand_vec(n, 999, 100.0), shape, dt).unwrap()
+    };
     let qkv_t = g.upload(qkv, &[b, t, 3 * c], io).unwrap();
-    let out = g.alloc(&[b, t, c], io).unwrap();
-    let lse = g.alloc(&[b, h, t], DType::F32).unwrap();
+    let out = garbage(&[b, t, c], io);
+    let lse = garbage(&[b, h, t], DType::F32);
     attention_forward(g, &out, &lse, &qkv_t, h);
     let dout_t = g.upload(dout, &[b, t, c], grad).unwrap();
-    let dqkv = g.alloc(&[b, t, 3 * c], grad).unwrap();
-    let delta = g.alloc(&[b, h, t], DType::F32).unwrap();
+    let dqkv = garbage(&[b, t, 3 * c], grad);
+    let delta = garbage(&[b, h, t], DType::F32);
     attention_backward(g, &dqkv, &delta, &dout_t, &qkv_t, &out, &lse, h);
     Run {
         out: g.read(&out).unwrap(),
@@ -150,6 +155,7 @@ fn attention_matches_cpu_on_awkward_shapes() {
         (1, 1, 2, 64),
         (1, 197, 2, 64),
         (2, 33, 3, 24),
+        (2, 19, 2, 34),
         (1, 70, 1, 128),
         (3, 5, 5, 2),
         (1, 1025, 1, 8),
@@ -197,58 +203,60 @@ fn attention_matches_cpu_on_awkward_shapes() {
 #[test]
 fn attention_f16_storage_within_half_precision() {
     let g = gpu();
-    let (b, t, h, d) = (2, 65, 2, 64);
-    let c = h * d;
-    let qkv = rand_vec(b * t * 3 * c, 77, 1.0);
-    let dout = rand_vec(b * t * c, 78, 1.0);
-    let (out, lse) = attention_forward_cpu(&qkv, b, t, h, d);
-    let dqkv = attention_backward_cpu(&dout, &qkv, b, t, h, d);
-    let r = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F16, DType::F16);
-    // Inputs rounded to f16 (relative u = 2^-11 ≈ 4.9e-4): a score q·k/√D with |q|,|k| ≤ 1
-    // moves by ≤ 2u·Σ|q k|/√D ≤ 2u·√D/3 ≈ 2.6e-3 (E|x| = 1/2 ⇒ Σ|qk| ≈ D/4, well under this),
-    // so probabilities move by ≲ 0.5% relative; out is a convex combination of v (|v| ≤ 1)
-    // then rounded to f16 (+ u relative): 1e-2 absolute is a safe bound; lse (f32, no output
-    // rounding) moves by at most the largest score change: 5e-3.
-    assert_close("f16 out", &r.out, &out, 1e-2, 0.0);
-    assert_close("f16 lse", &r.lse, &lse, 5e-3, 0.0);
-    // Gradients add the f16 rounding of dout, out (via delta) and of the result: a few u
-    // relative to the largest gradient per term; 2% of the tensor's largest entry.
-    let [gq, gk, gv] = unpack_qkv(&r.dqkv, c);
-    let [wq, wk, wv] = unpack_qkv(&dqkv, c);
-    for (name, got, want) in [("dq", gq, wq), ("dk", gk, wk), ("dv", gv, wv)] {
-        let atol = 2e-2 * max_abs(&want);
-        assert_close(&format!("f16 {name}"), &got, &want, atol, 0.0);
-        eprintln!(
-            "f16 {name}: max |diff| {:.2e} (max |x| {:.2e})",
-            max_abs_diff(&got, &want),
-            max_abs(&want)
-        );
-    }
-    eprintln!(
-        "f16 out max |diff| {:.2e}, lse max |diff| {:.2e}",
-        max_abs_diff(&r.out, &out),
-        max_abs_diff(&r.lse, &lse)
-    );
-
-    // Mixed: f16 activations with f32 gradients, and the other way round.
-    let mixed = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F16, DType::F32);
-    assert_close("f16 io / f32 grad out", &mixed.out, &out, 1e-2, 0.0);
-    let mixed2 = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F32, DType::F16);
-    assert_close("f32 io / f16 grad out", &mixed2.out, &out, 1e-5, 1e-4);
-    for (what, got) in [
-        ("f16 io / f32 grad", &mixed.dqkv),
-        ("f32 io / f16 grad", &mixed2.dqkv),
-    ] {
-        let [gq, gk, gv] = unpack_qkv(got, c);
+    // D = 64 (ViT) and D = 34 (a zero-padded last quad).
+    for (i, &(b, t, h, d)) in [(2, 65, 2, 64), (1, 20, 3, 34)].iter().enumerate() {
+        let c = h * d;
+        let what = format!("f16 (B, T, H, D) = ({b}, {t}, {h}, {d})");
+        let qkv = rand_vec(b * t * 3 * c, 77 + i as u64, 1.0);
+        let dout = rand_vec(b * t * c, 78 + i as u64, 1.0);
+        let (out, lse) = attention_forward_cpu(&qkv, b, t, h, d);
+        let dqkv = attention_backward_cpu(&dout, &qkv, b, t, h, d);
+        let r = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F16, DType::F16);
+        // Inputs rounded to f16 (relative u = 2^-11 ≈ 4.9e-4): a score q·k/√D with
+        // |q|, |k| ≤ 1 moves by ≤ 2u·Σ|q k|/√D ≤ 2u·√D ≈ 7.8e-3 (D = 64; typically ~u), so
+        // probabilities move by ≲ 1.6% relative in the worst case; out is a convex combination
+        // of v (|v| ≤ 1, each moved by ≤ u) and is then rounded to f16 (+ u relative):
+        // 1e-2 absolute covers the realistic case with margin (measured ~1e-4). lse (f32, no
+        // output rounding) moves by at most the largest score change: 5e-3.
+        assert_close(&format!("{what} out"), &r.out, &out, 1e-2, 0.0);
+        assert_close(&format!("{what} lse"), &r.lse, &lse, 5e-3, 0.0);
+        // Gradients add the f16 rounding of dout, of out (through delta) and of the result:
+        // each ds = p(dp − delta) moves by a few u of Σ|dout·v| ≈ D/4, i.e. ~1% of |ds| at
+        // worst; 2% of the tensor's largest entry (measured ~5e-4 of it).
+        let [gq, gk, gv] = unpack_qkv(&r.dqkv, c);
         let [wq, wk, wv] = unpack_qkv(&dqkv, c);
         for (name, got, want) in [("dq", gq, wq), ("dk", gk, wk), ("dv", gv, wv)] {
-            assert_close(
-                &format!("{what} {name}"),
-                &got,
-                &want,
-                2e-2 * max_abs(&want),
-                0.0,
+            let atol = 2e-2 * max_abs(&want);
+            assert_close(&format!("{what} {name}"), &got, &want, atol, 0.0);
+            eprintln!(
+                "{what} {name}: max |diff| {:.2e} (max |x| {:.2e})",
+                max_abs_diff(&got, &want),
+                max_abs(&want)
             );
+        }
+        eprintln!(
+            "{what} out max |diff| {:.2e}, lse max |diff| {:.2e}",
+            max_abs_diff(&r.out, &out),
+            max_abs_diff(&r.lse, &lse)
+        );
+        if i > 0 {
+            continue;
+        }
+        // Mixed: f16 activations with f32 gradients, and the other way round.
+        let mixed = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F16, DType::F32);
+        assert_close("f16 io / f32 grad out", &mixed.out, &out, 1e-2, 0.0);
+        let mixed2 = run_gpu(g, &qkv, &dout, (b, t, h, d), DType::F32, DType::F16);
+        assert_close("f32 io / f16 grad out", &mixed2.out, &out, 1e-5, 1e-4);
+        for (what, got) in [
+            ("f16 io / f32 grad", &mixed.dqkv),
+            ("f32 io / f16 grad", &mixed2.dqkv),
+        ] {
+            let [gq, gk, gv] = unpack_qkv(got, c);
+            let [wq, wk, wv] = unpack_qkv(&dqkv, c);
+            for (name, got, want) in [("dq", gq, wq), ("dk", gk, wk), ("dv", gv, wv)] {
+                let atol = 2e-2 * max_abs(&want);
+                assert_close(&format!("{what} {name}"), &got, &want, atol, 0.0);
+            }
         }
     }
 }
