@@ -238,6 +238,13 @@ pub fn open_model(
             dir.display()
         );
     }
+    if ckpt.config.num_channels != 3 {
+        bail!(
+            "{} expects {}-channel images, but vitgpu's image pipeline produces RGB (3 channels)",
+            dir.display(),
+            ckpt.config.num_channels
+        );
+    }
     let pre = preprocessor_for(&ckpt, res)?;
     let gpu = Gpu::new(adapter)?;
     eprintln!("adapter: {}", gpu.describe());

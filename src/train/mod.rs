@@ -188,6 +188,12 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
         }
         (config, host, pre, StoredDtype::F32)
     };
+    if config.num_channels != 3 {
+        bail!(
+            "the checkpoint expects {}-channel images, but vitgpu's image pipeline produces RGB (3 channels)",
+            config.num_channels
+        );
+    }
     let res = a.res.unwrap_or(config.image_size);
     if res % config.patch_size != 0 {
         bail!(

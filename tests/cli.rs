@@ -1,0 +1,210 @@
+//! The `vitgpu` binary as users run it: predict (text, JSON, bad images, --res), eval, info,
+//! and clear errors for bad input.
+
+mod common;
+use common::*;
+use std::process::{Command, Output};
+
+fn vitgpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn predict_json_matches_transformers_on_real_photos_and_reports_bad_files() {
+    let model = s(&fixture_path("models/vit_tiny_cls"));
+    let imgs = [
+        "cat.png",
+        "gray.png",
+        "logo_rgba.png",
+        "rocket.jpg",
+        "corrupt.jpg",
+    ]
+    .map(|f| s(&fixture_path(&format!("images/{f}"))));
+    let mut args = vec![
+        "predict",
+        "--model",
+        &model,
+        "--format",
+        "json",
+        "--batch-size",
+        "3",
+    ];
+    args.extend(imgs.iter().map(|s| s.as_str()));
+    let o = vitgpu(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // One unreadable file: named, the others still classified, exit code 1.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("corrupt.jpg"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 4);
+    let f = load_fixture("models/vit_tiny_cls/reference.safetensors");
+    let want = &get(&f, "real.logits").1;
+    let got: Vec<f32> = arr
+        .iter()
+        .flat_map(|o| {
+            o["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    // End to end from the files (JPEG decoder differs from libjpeg by ±1 level): 1e-3.
+    assert_close("predict logits", &got, want, 1e-3, 0.0);
+    assert!(arr[0]["image"].as_str().unwrap().ends_with("cat.png"));
+    let top = &arr[0]["top"][0];
+    let labels = ["cat", "dog", "fish", "bird", "frog"];
+    assert!(labels.contains(&top["label"].as_str().unwrap()));
+    assert!(top["score"].as_f64().unwrap() > 0.2);
+}
+
+#[test]
+fn predict_text_walks_directories_and_takes_res_and_f16() {
+    let model = s(&fixture_path("models/vit_tiny_cls"));
+    let dir = s(&fixture_path("train/data/train/dog"));
+    let o = vitgpu(&[
+        "predict",
+        "--model",
+        &model,
+        "--top-k",
+        "2",
+        "--res",
+        "48",
+        "--precision",
+        "f16",
+        &dir,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(".png")).count(),
+        4,
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("  ")).count(),
+        8,
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_not_panics() {
+    let img = s(&fixture_path("images/cat.png"));
+    let empty = std::env::temp_dir().join(format!("vitgpu-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = vitgpu(&["predict", "--model", &s(&empty), &img]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("config.json") && !err.contains("panicked"),
+        "{err}"
+    );
+    // A backbone cannot classify.
+    let o = vitgpu(&[
+        "predict",
+        "--model",
+        &s(&fixture_path("models/vit_backbone")),
+        &img,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no classifier") && !err.contains("panicked"),
+        "{err}"
+    );
+    // --res that is not a multiple of the patch size.
+    let o = vitgpu(&[
+        "predict",
+        "--model",
+        &s(&fixture_path("models/vit_tiny_cls")),
+        "--res",
+        "30",
+        &img,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("multiple of the patch size") && !err.contains("panicked"),
+        "{err}"
+    );
+    // Only unreadable files.
+    let o = vitgpu(&[
+        "predict",
+        "--model",
+        &s(&fixture_path("models/vit_tiny_cls")),
+        &s(&fixture_path("images/not_an_image.png")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not_an_image.png"));
+    // An empty class folder in a dataset.
+    let data = empty.join("data");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    std::fs::create_dir_all(data.join("b")).unwrap();
+    std::fs::copy(fixture_path("images/cat.png"), data.join("a/x.png")).unwrap();
+    let o = vitgpu(&[
+        "finetune",
+        "--model",
+        &s(&fixture_path("models/vit_tiny_cls")),
+        "--data",
+        &s(&data),
+        "--output",
+        &s(&empty.join("o")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("has no images") && err.contains('b') && !err.contains("panicked"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
+fn eval_prints_metrics_and_confusion_matrix() {
+    let model = s(&fixture_path("train/start"));
+    let data = s(&fixture_path("train/data"));
+    let out = std::env::temp_dir().join(format!("vitgpu-eval-{}.json", std::process::id()));
+    let o = vitgpu(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--split",
+        "train",
+        "--output",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("13 images") && text.contains("confusion matrix") && text.contains("bird"),
+        "{text}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let cm = m["confusion_matrix"].as_array().unwrap();
+    let total: u64 = cm
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(total, 13);
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn info_lists_the_adapter() {
+    let o = vitgpu(&["info"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("[0]") && text.contains("backend") && text.contains("max storage binding"),
+        "{text}"
+    );
+}
