@@ -148,10 +148,7 @@ pub fn preprocessor_for(
     let mut pre = match &ckpt.preprocessor {
         Some(v) => PreprocessorConfig::from_json(v).context("reading preprocessor_config.json")?,
         None => {
-            let mut p = PreprocessorConfig::default();
-            p.height = ckpt.config.image_size;
-            p.width = ckpt.config.image_size;
-            p
+            PreprocessorConfig::default().with_size(ckpt.config.image_size, ckpt.config.image_size)
         }
     };
     if let Some(n) = res {
@@ -175,6 +172,9 @@ pub struct Prediction {
     pub probs: Vec<f32>,
 }
 
+/// An image that could not be read, and why.
+pub type Failure = (PathBuf, String);
+
 /// Runs the model over images in batches; returns the predictions and the failures.
 pub fn run_model(
     gpu: &Gpu,
@@ -183,7 +183,7 @@ pub fn run_model(
     paths: &[PathBuf],
     batch_size: usize,
     mut on_batch: impl FnMut(usize),
-) -> Result<(Vec<Prediction>, Vec<(PathBuf, String)>)> {
+) -> Result<(Vec<Prediction>, Vec<Failure>)> {
     let mut preds = Vec::new();
     let mut failed = Vec::new();
     let n_labels = vit.num_labels();

@@ -114,7 +114,7 @@ impl<'g> Graph<'g> {
     }
 
     fn dtype_for(&self, cols: usize) -> DType {
-        if self.dtype == DType::F16 && cols % 2 == 0 {
+        if self.dtype == DType::F16 && cols.is_multiple_of(2) {
             DType::F16
         } else {
             DType::F32

@@ -49,7 +49,7 @@ impl GpuTensor {
             _ => elem_offset * 4,
         } as u64;
         assert!(
-            bytes % 256 == 0,
+            bytes.is_multiple_of(256),
             "view offset {bytes} bytes is not 256-aligned"
         );
         GpuTensor {

@@ -99,7 +99,7 @@ fn gemm(
     accum: bool,
 ) {
     assert!(
-        c.dtype != crate::gpu::DType::F16 || params.n % 2 == 0,
+        c.dtype != crate::gpu::DType::F16 || params.n.is_multiple_of(2),
         "f16 matmul output needs an even number of columns (got {})",
         params.n
     );

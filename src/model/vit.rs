@@ -56,7 +56,7 @@ impl Vit {
         res: (usize, usize),
     ) -> Result<Vit> {
         let p = config.patch_size;
-        if res.0 % p != 0 || res.1 % p != 0 || res.0 == 0 || res.1 == 0 {
+        if !res.0.is_multiple_of(p) || !res.1.is_multiple_of(p) || res.0 == 0 || res.1 == 0 {
             bail!(
                 "resolution {}x{} is not a multiple of the patch size {p}",
                 res.0,

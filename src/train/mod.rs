@@ -195,7 +195,7 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
         );
     }
     let res = a.res.unwrap_or(config.image_size);
-    if res % config.patch_size != 0 {
+    if !res.is_multiple_of(config.patch_size) {
         bail!(
             "--res {res} is not a multiple of the patch size {}",
             config.patch_size
@@ -464,7 +464,7 @@ impl Run<'_> {
                 let loss =
                     self.forward_backward(&batch, a.grad_accum, scaler.scale, features.is_some())?;
                 acc_losses.push(loss);
-                if micro % a.grad_accum != 0 && !last_in_epoch {
+                if !micro.is_multiple_of(a.grad_accum) && !last_in_epoch {
                     continue;
                 }
                 // One optimizer step.
