@@ -74,7 +74,7 @@ def main():
                     image_size=64, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-12, qkv_bias=True,
                     num_labels=7, id2label={i: f"class_{i}" for i in range(7)},
                     label2id={f"class_{i}": i for i in range(7)})
-    model = ViTForImageClassification(cfg, add_pooling_layer=False).eval()
+    model = ViTForImageClassification(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

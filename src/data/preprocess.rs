@@ -282,6 +282,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             "not a recognised image format (expected JPEG, PNG, WebP, BMP or TIFF content)".into(),
         ));
     }
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     // Decoders should report errors, but a malformed file must never take the process down.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
         .map_err(|_| fail("the decoder crashed on this file (corrupt image?)".into()))?
@@ -289,7 +290,34 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if decoded.width() == 0 || decoded.height() == 0 {
         return Err(fail("image has zero width or height".into()));
     }
+    if is_jpeg {
+        if let Some(img) = decode_jpeg_like_pil(path) {
+            return Ok(img);
+        }
+    }
     Ok(dynamic_to_rgb(decoded))
+}
+
+/// JPEG through libjpeg (mozjpeg, the libjpeg-turbo decoder: ISLOW IDCT, fancy upsampling),
+/// which gives PIL's pixels exactly. None for CMYK/YCCK files or if libjpeg gives up; the
+/// caller then keeps the `image` crate's decode.
+fn decode_jpeg_like_pil(path: &Path) -> Option<RgbImage> {
+    std::panic::catch_unwind(|| {
+        let d = mozjpeg::Decompress::new_path(path).ok()?;
+        if matches!(
+            d.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        ) {
+            return None;
+        }
+        let mut started = d.rgb().ok()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let px: Vec<[u8; 3]> = started.read_scanlines().ok()?;
+        let flat: Vec<u8> = px.into_iter().flatten().collect();
+        RgbImage::from_raw(w, h, flat)
+    })
+    .ok()
+    .flatten()
 }
 
 /// True when the extension is one of jpg, jpeg, png, webp, bmp, tif, tiff (any case).
