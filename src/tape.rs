@@ -377,19 +377,16 @@ impl<'g> Graph<'g> {
                         unreachable!()
                     };
                     let delta = gpu.alloc(&[b, heads, t], DType::F32)?;
-                    if let Some(prev) = grads.get(&qv) {
-                        // qkv is consumed only by attention in a ViT, but stay correct if not.
-                        let d = self.alloc(&qkv.shape)?;
-                        kernels::attention::attention_backward(
-                            gpu, &d, &delta, &dy, &qkv, &o, &lse, heads,
-                        );
-                        kernels::residual::residual_backward(gpu, prev, &d, true);
-                    } else {
-                        let d = self.alloc(&qkv.shape)?;
-                        kernels::attention::attention_backward(
-                            gpu, &d, &delta, &dy, &qkv, &o, &lse, heads,
-                        );
-                        grads.insert(qv, d);
+                    let d = self.alloc(&qkv.shape)?;
+                    kernels::attention::attention_backward(
+                        gpu, &d, &delta, &dy, &qkv, &o, &lse, heads,
+                    );
+                    // qkv feeds only attention in a ViT, but stay correct if it had other uses.
+                    match grads.get(&qv) {
+                        Some(prev) => kernels::residual::residual_backward(gpu, prev, &d, true),
+                        None => {
+                            grads.insert(qv, d);
+                        }
                     }
                 }
                 Op::Residual { a, b, out } => {
