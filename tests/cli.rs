@@ -208,3 +208,119 @@ fn info_lists_the_adapter() {
         "{text}"
     );
 }
+
+fn train_data_with_a_corrupt_image(tag: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("vitgpu-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for class in ["bird", "cat", "dog"] {
+        let src = fixture_path(&format!("train/data/train/{class}"));
+        let dst = root.join("train").join(class);
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        fixture_path("images/corrupt.jpg"),
+        root.join("train/cat/zz_corrupt.jpg"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn unreadable_training_images_are_skipped_counted_and_warned() {
+    let data = train_data_with_a_corrupt_image("skip");
+    let out = data.join("out");
+    let o = vitgpu(&[
+        "finetune",
+        "--model",
+        &s(&fixture_path("train/start")),
+        "--data",
+        &s(&data),
+        "--output",
+        &s(&out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-augment",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("1 unreadable images were skipped") && err.contains("zz_corrupt.jpg"),
+        "{err}"
+    );
+    assert!(out.join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_batch_larger_than_the_adapter_allows_says_what_to_do() {
+    // A 1 MiB per-buffer cap (as on a small GPU) and 13 images at 96 px: the pixel batch alone
+    // is 1.4 MiB, so the first allocation fails before anything heavy runs.
+    let out = std::env::temp_dir().join(format!("vitgpu-oom-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .env("VITGPU_MAX_BINDING_MB", "1")
+        .args([
+            "finetune",
+            "--model",
+            &s(&fixture_path("train/start")),
+            "--data",
+            &s(&fixture_path("train/data")),
+            "--output",
+            &s(&out),
+            "--res",
+            "96",
+            "--batch-size",
+            "13",
+            "--max-steps",
+            "1",
+            "--no-augment",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--batch-size") && err.contains("--grad-accum") && !err.contains("panicked"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn training_from_a_preset_config_without_a_checkpoint() {
+    let out = std::env::temp_dir().join(format!("vitgpu-preset-{}", std::process::id()));
+    let o = vitgpu(&[
+        "finetune",
+        "--config",
+        "vit-tiny",
+        "--res",
+        "32",
+        "--data",
+        &s(&fixture_path("train/data")),
+        "--output",
+        &s(&out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = vitgpu::checkpoint::load(&out).unwrap();
+    assert_eq!(
+        (
+            ck.config.hidden_size,
+            ck.config.num_hidden_layers,
+            ck.config.image_size
+        ),
+        (192, 12, 32)
+    );
+    assert_eq!(ck.config.id2label, vec!["bird", "cat", "dog"]);
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"lr\"")).count(), 2);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -88,6 +88,16 @@ impl Gpu {
             max_compute_workgroups_per_dimension: alimits.max_compute_workgroups_per_dimension,
             ..wgpu::Limits::downlevel_defaults().using_resolution(alimits.clone())
         };
+        // VITGPU_MAX_BINDING_MB caps the per-buffer size, to see how a run would fare on a
+        // smaller GPU (and to test the out-of-memory advice without allocating gigabytes).
+        let mut limits = limits;
+        if let Some(mb) = std::env::var("VITGPU_MAX_BINDING_MB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let cap = (mb << 20).min(limits.max_storage_buffer_binding_size as u64) as u32;
+            limits.max_storage_buffer_binding_size = cap;
+        }
         let features =
             adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(
