@@ -151,3 +151,53 @@ fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     st_c2(n, s0, s1, has1);
 }
+
+// The same product without workgroup memory or barriers: each invocation reads its operands
+// straight from memory (which a CPU's caches serve well). Software adapters run this one:
+// llvmpipe turns barriers into costly coroutine switches.
+@compute @workgroup_size(8, 8)
+fn matmul_forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m0 = gid.y * 4u;
+    let n0 = gid.x * 4u;
+    if (m0 >= p.m || n0 >= p.n) { return; }
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+    for (var k = 0u; k < p.k; k++) {
+        var a: array<f32, 4>;
+        var b: array<f32, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            let m = min(m0 + i, p.m - 1u);
+            a[i] = ld_a(m * p.a_sm + k * p.a_sk);
+            let n = min(n0 + i, p.n - 1u);
+            b[i] = ld_b(k * p.b_sk + n * p.b_sn);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            for (var j = 0u; j < 4u; j++) {
+                acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j += 2u) {
+            let n = n0 + j;
+            if (n >= p.n) { continue; }
+            let has1 = n + 1u < p.n;
+            var v0 = acc[i * 4u + j];
+            var v1 = acc[i * 4u + j + 1u];
+            if (HAS_BIAS) {
+                v0 += ld_bias(n);
+                if (has1) { v1 += ld_bias(n + 1u); }
+            }
+            v0 = activate(v0, ACT);
+            v1 = activate(v1, ACT);
+            let idx = m * p.c_sm + n;
+            if (ACCUM) {
+                v0 += ld_c(idx);
+                if (has1) { v1 += ld_c(idx + 1u); }
+            }
+            st_c2(idx, v0, v1, has1);
+        }
+    }
+}

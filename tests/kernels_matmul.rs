@@ -9,7 +9,6 @@ use vitgpu::kernels::matmul::*;
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-#[test]
 fn linear_forward_matches_cpu_on_awkward_shapes() {
     let g = gpu();
     for &(m, n, k, act) in &[
@@ -37,7 +36,6 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
     }
 }
 
-#[test]
 fn linear_backward_matches_cpu() {
     let g = gpu();
     let (m, n, k) = (37, 29, 50);
@@ -66,7 +64,6 @@ fn linear_backward_matches_cpu() {
     assert_close("db accumulated", &g.read(&db).unwrap(), &twice, ATOL, RTOL);
 }
 
-#[test]
 fn linear_f16_storage_within_half_precision() {
     let g = gpu();
     let (m, n, k) = (33, 200, 96);
@@ -84,7 +81,6 @@ fn linear_f16_storage_within_half_precision() {
     assert_close("linear f16", &g.read(&out).unwrap(), &want, 5e-3, 2e-3);
 }
 
-#[test]
 fn linear_matches_pytorch_fixture() {
     let g = gpu();
     let f = load_fixture("kernels.safetensors");
@@ -148,4 +144,50 @@ fn linear_matches_pytorch_fixture() {
         1e-5,
         1e-4,
     );
+}
+
+// Every case runs with both kernels: the tiled one real GPUs use and the direct one software
+// adapters use, whichever adapter runs the tests.
+
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes_tiled() {
+    with_variant(Variant::Tiled, linear_forward_matches_cpu_on_awkward_shapes);
+}
+
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes_direct() {
+    with_variant(
+        Variant::Direct,
+        linear_forward_matches_cpu_on_awkward_shapes,
+    );
+}
+
+#[test]
+fn linear_backward_matches_cpu_tiled() {
+    with_variant(Variant::Tiled, linear_backward_matches_cpu);
+}
+
+#[test]
+fn linear_backward_matches_cpu_direct() {
+    with_variant(Variant::Direct, linear_backward_matches_cpu);
+}
+
+#[test]
+fn linear_f16_storage_within_half_precision_tiled() {
+    with_variant(Variant::Tiled, linear_f16_storage_within_half_precision);
+}
+
+#[test]
+fn linear_f16_storage_within_half_precision_direct() {
+    with_variant(Variant::Direct, linear_f16_storage_within_half_precision);
+}
+
+#[test]
+fn linear_matches_pytorch_fixture_tiled() {
+    with_variant(Variant::Tiled, linear_matches_pytorch_fixture);
+}
+
+#[test]
+fn linear_matches_pytorch_fixture_direct() {
+    with_variant(Variant::Direct, linear_matches_pytorch_fixture);
 }

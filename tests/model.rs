@@ -233,3 +233,22 @@ fn wrong_input_size_is_an_error_not_a_panic() {
         "30 px is not a multiple of patch 8"
     );
 }
+
+#[test]
+fn tiled_matmul_kernel_gives_the_same_model_outputs() {
+    // CI's software adapter picks the barrier-free matmul; real GPUs the tiled one. Check the
+    // tiled kernel end to end here too.
+    use vitgpu::kernels::matmul::{with_variant, Variant};
+    with_variant(Variant::Tiled, || {
+        check_native("vit_tanh_nobias", 24, 3);
+        let f = load_fixture("models/vit_tiny_cls/reference.safetensors");
+        let r = run("vit_tiny_cls", "pixel_values_res", (40, 24), DType::F32);
+        assert_close(
+            "tiled logits 40x24",
+            &r.logits.unwrap(),
+            &get(&f, "logits_res").1,
+            ATOL,
+            RTOL,
+        );
+    });
+}

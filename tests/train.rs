@@ -364,3 +364,11 @@ fn unfreeze_last_trains_only_the_top_blocks_norm_and_head() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn gradients_with_the_tiled_matmul_kernel() {
+    use vitgpu::kernels::matmul::{with_variant, Variant};
+    with_variant(Variant::Tiled, || {
+        check_grads("vit_tiny_cls", "grads.safetensors")
+    });
+}

@@ -164,6 +164,11 @@ impl Gpu {
         )
     }
 
+    /// A CPU implementation (lavapipe, WARP, SwiftShader): kernels pick barrier-free variants.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn has_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
     }

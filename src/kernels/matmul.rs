@@ -87,6 +87,27 @@ pub fn erf(x: f64) -> f64 {
     }
 }
 
+thread_local! {
+    static FORCE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Which matmul kernel runs: the tiled one (workgroup memory; real GPUs) or the barrier-free
+/// direct one (software adapters). Chosen by adapter type unless overridden here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Tiled,
+    Direct,
+}
+
+/// Runs `f` with every matmul on this thread using `v` (tests exercise both kernels on any
+/// adapter this way).
+pub fn with_variant<R>(v: Variant, f: impl FnOnce() -> R) -> R {
+    let prev = FORCE.with(|c| c.replace(Some(v == Variant::Direct)));
+    let r = f();
+    FORCE.with(|c| c.set(prev));
+    r
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     gpu: &Gpu,
@@ -113,14 +134,29 @@ fn gemm(
         ("ACCUM", if accum { 1.0 } else { 0.0 }),
     ];
     let bias_t = bias.unwrap_or(gpu.dummy());
-    gpu.launch(
-        &shader!("matmul"),
-        "matmul_forward",
-        &overrides,
-        &params,
-        &[(1, a), (2, b), (3, bias_t), (4, c)],
-        [params.n.div_ceil(64), params.m.div_ceil(64), 1],
-    );
+    let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
+    let direct = FORCE.with(|f| f.get()).unwrap_or(gpu.is_software());
+    if direct {
+        let grid = [params.n.div_ceil(32), params.m.div_ceil(32), 1];
+        gpu.launch(
+            &shader!("matmul"),
+            "matmul_forward_direct",
+            &overrides,
+            &params,
+            &bindings,
+            grid,
+        );
+    } else {
+        let grid = [params.n.div_ceil(64), params.m.div_ceil(64), 1];
+        gpu.launch(
+            &shader!("matmul"),
+            "matmul_forward",
+            &overrides,
+            &params,
+            &bindings,
+            grid,
+        );
+    }
 }
 
 /// `out = act(x · wᵀ + bias)`: x (.., K), w (N, K) as nn.Linear stores it, out (.., N).
