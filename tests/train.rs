@@ -131,7 +131,7 @@ fn logged_losses(out: &Path) -> Vec<f32> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
+        .filter(|v| v.get("lr").is_some())
         .map(|v| v["loss"].as_f64().unwrap() as f32)
         .collect()
 }

