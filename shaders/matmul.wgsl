@@ -56,6 +56,37 @@ fn st_c2(idx: u32, v0: f32, v1: f32, has1: bool) {
     }
 }
 
+// Epilogue of both matmul kernels: the 4×4 tile at (m0, n0) + bias, activation, accumulate, store.
+// Each invocation's 4×4 accumulator tile. (Private, not a by-value array parameter: lavapipe
+// lost the device compiling the latter.)
+var<private> acc: array<f32, 16>;
+
+fn store_tile(m0: u32, n0: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j += 2u) {
+            let n = n0 + j;
+            if (n >= p.n) { continue; }
+            let has1 = n + 1u < p.n;
+            var v0 = acc[i * 4u + j];
+            var v1 = acc[i * 4u + j + 1u];
+            if (HAS_BIAS) {
+                v0 += ld_bias(n);
+                if (has1) { v1 += ld_bias(n + 1u); }
+            }
+            v0 = activate(v0, ACT);
+            v1 = activate(v1, ACT);
+            let idx = m * p.c_sm + n;
+            if (ACCUM) {
+                v0 += ld_c(idx);
+                if (has1) { v1 += ld_c(idx + 1u); }
+            }
+            st_c2(idx, v0, v1, has1);
+        }
+    }
+}
+
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
@@ -68,7 +99,6 @@ fn matmul_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let row0 = wg.y * BM;
     let col0 = wg.x * BN;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
 
     for (var kt = 0u; kt < p.k; kt += BK) {
@@ -108,29 +138,7 @@ fn matmul_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let m = row0 + lid.y * 4u + i;
-        if (m >= p.m) { continue; }
-        for (var j = 0u; j < 4u; j += 2u) {
-            let n = col0 + lid.x * 4u + j;
-            if (n >= p.n) { continue; }
-            let has1 = n + 1u < p.n;
-            var v0 = acc[i * 4u + j];
-            var v1 = acc[i * 4u + j + 1u];
-            if (HAS_BIAS) {
-                v0 += ld_bias(n);
-                if (has1) { v1 += ld_bias(n + 1u); }
-            }
-            v0 = activate(v0, ACT);
-            v1 = activate(v1, ACT);
-            let idx = m * p.c_sm + n;
-            if (ACCUM) {
-                v0 += ld_c(idx);
-                if (has1) { v1 += ld_c(idx + 1u); }
-            }
-            st_c2(idx, v0, v1, has1);
-        }
-    }
+    store_tile(row0 + lid.y * 4u, col0 + lid.x * 4u);
 }
 
 // Column sums: C(N) [+]= Σ_m A(m, n), A row-major (M, N). The bias gradient of a linear layer.
@@ -160,7 +168,6 @@ fn matmul_forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m0 = gid.y * 4u;
     let n0 = gid.x * 4u;
     if (m0 >= p.m || n0 >= p.n) { return; }
-    var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
     for (var k = 0u; k < p.k; k++) {
         var a: array<f32, 4>;
@@ -177,27 +184,5 @@ fn matmul_forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + i;
-        if (m >= p.m) { continue; }
-        for (var j = 0u; j < 4u; j += 2u) {
-            let n = n0 + j;
-            if (n >= p.n) { continue; }
-            let has1 = n + 1u < p.n;
-            var v0 = acc[i * 4u + j];
-            var v1 = acc[i * 4u + j + 1u];
-            if (HAS_BIAS) {
-                v0 += ld_bias(n);
-                if (has1) { v1 += ld_bias(n + 1u); }
-            }
-            v0 = activate(v0, ACT);
-            v1 = activate(v1, ACT);
-            let idx = m * p.c_sm + n;
-            if (ACCUM) {
-                v0 += ld_c(idx);
-                if (has1) { v1 += ld_c(idx + 1u); }
-            }
-            st_c2(idx, v0, v1, has1);
-        }
-    }
+    store_tile(m0, n0);
 }

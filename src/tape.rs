@@ -144,18 +144,7 @@ impl<'g> Graph<'g> {
         let out = self.alloc(&shape)?;
         let fused = if record { Act::None } else { act };
         kernels::matmul::linear_forward(self.gpu, &out, &x.t, w.w, b.map(|b| b.w), fused);
-        let var = self.var(record);
-        if let Some(v) = var {
-            self.ops.push(Op::Linear {
-                x: x.t.clone(),
-                xv: x.var,
-                w: w.w.clone(),
-                dw: w.grad.cloned(),
-                db: b.and_then(|b| b.grad.cloned()),
-                out: v,
-                cls: false,
-            });
-        }
+        let var = self.record_linear(record, x, w, b, false);
         let node = Node { t: out, var };
         if record && act != Act::None {
             return self.gelu(&node, act);
@@ -168,6 +157,18 @@ impl<'g> Graph<'g> {
         let record = x.var.is_some() || w.grad.is_some() || b.is_some_and(|b| b.grad.is_some());
         let out = self.gpu.alloc(&[x.t.shape[0], w.w.shape[0]], DType::F32)?;
         kernels::matmul::linear_forward_cls(self.gpu, &out, &x.t, w.w, b.map(|b| b.w));
+        let var = self.record_linear(record, x, w, b, true);
+        Ok(Node { t: out, var })
+    }
+
+    fn record_linear(
+        &mut self,
+        record: bool,
+        x: &Node,
+        w: P,
+        b: Option<P>,
+        cls: bool,
+    ) -> Option<Var> {
         let var = self.var(record);
         if let Some(v) = var {
             self.ops.push(Op::Linear {
@@ -177,10 +178,10 @@ impl<'g> Graph<'g> {
                 dw: w.grad.cloned(),
                 db: b.and_then(|b| b.grad.cloned()),
                 out: v,
-                cls: true,
+                cls,
             });
         }
-        Ok(Node { t: out, var })
+        var
     }
 
     pub fn gelu(&mut self, x: &Node, act: Act) -> Result<Node> {

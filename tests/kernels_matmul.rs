@@ -123,27 +123,9 @@ fn linear_matches_pytorch_fixture() {
     linear_backward_input(g, &dx, &dyt, &wt, false);
     linear_backward_weight(g, &dw, &dyt, &xt, false);
     bias_backward(g, &db, &dyt, false);
-    assert_close(
-        "matmul.dx",
-        &g.read(&dx).unwrap(),
-        &get(&f, "matmul.dx").1,
-        1e-5,
-        1e-4,
-    );
-    assert_close(
-        "matmul.dw",
-        &g.read(&dw).unwrap(),
-        &get(&f, "matmul.dw").1,
-        1e-5,
-        1e-4,
-    );
-    assert_close(
-        "matmul.db",
-        &g.read(&db).unwrap(),
-        &get(&f, "matmul.db").1,
-        1e-5,
-        1e-4,
-    );
+    check_fixture(g, &f, "matmul.dx", &dx, 1e-5, 1e-4);
+    check_fixture(g, &f, "matmul.dw", &dw, 1e-5, 1e-4);
+    check_fixture(g, &f, "matmul.db", &db, 1e-5, 1e-4);
 }
 
 // Every case runs with both kernels: the tiled one real GPUs use and the direct one software

@@ -31,27 +31,9 @@ fn layernorm_matches_pytorch() {
     let mean = g.alloc(&[rows], DType::F32).unwrap();
     let rstd = g.alloc(&[rows], DType::F32).unwrap();
     layernorm_forward(g, &out, &mean, &rstd, &xt, &wt, &bt, 1e-12);
-    assert_close(
-        "layernorm.out",
-        &g.read(&out).unwrap(),
-        &get(&f, "layernorm.out").1,
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        "layernorm.mean",
-        &g.read(&mean).unwrap(),
-        &get(&f, "layernorm.mean").1,
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        "layernorm.rstd",
-        &g.read(&rstd).unwrap(),
-        &get(&f, "layernorm.rstd").1,
-        ATOL,
-        RTOL,
-    );
+    check_fixture(g, &f, "layernorm.out", &out, ATOL, RTOL);
+    check_fixture(g, &f, "layernorm.mean", &mean, ATOL, RTOL);
+    check_fixture(g, &f, "layernorm.rstd", &rstd, ATOL, RTOL);
     let dy = g
         .upload(&get(&f, "layernorm.dout").1, xs, DType::F32)
         .unwrap();
@@ -70,27 +52,9 @@ fn layernorm_matches_pytorch() {
         &rstd,
         false,
     );
-    assert_close(
-        "layernorm.dx",
-        &g.read(&dx).unwrap(),
-        &get(&f, "layernorm.dx").1,
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        "layernorm.dw",
-        &g.read(&dw).unwrap(),
-        &get(&f, "layernorm.dw").1,
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        "layernorm.db",
-        &g.read(&db).unwrap(),
-        &get(&f, "layernorm.db").1,
-        ATOL,
-        RTOL,
-    );
+    check_fixture(g, &f, "layernorm.dx", &dx, ATOL, RTOL);
+    check_fixture(g, &f, "layernorm.dw", &dw, ATOL, RTOL);
+    check_fixture(g, &f, "layernorm.db", &db, ATOL, RTOL);
 }
 
 #[test]
@@ -248,13 +212,7 @@ fn patch_embedding_matches_pytorch_conv() {
     let bt = g.upload(b, &[ws[0]], DType::F32).unwrap();
     let out = g.alloc(&[bsz * np, ws[0]], DType::F32).unwrap();
     linear_forward(g, &out, &cols, &wt, Some(&bt), Act::None);
-    assert_close(
-        "patch.out",
-        &g.read(&out).unwrap(),
-        &get(&f, "patch.out").1,
-        ATOL,
-        RTOL,
-    );
+    check_fixture(g, &f, "patch.out", &out, ATOL, RTOL);
     let dy = g
         .upload(&get(&f, "patch.dout").1, &[bsz * np, ws[0]], DType::F32)
         .unwrap();
@@ -262,20 +220,8 @@ fn patch_embedding_matches_pytorch_conv() {
     let db = g.alloc(&[ws[0]], DType::F32).unwrap();
     linear_backward_weight(g, &dw, &dy, &cols, false);
     bias_backward(g, &db, &dy, false);
-    assert_close(
-        "patch.dw",
-        &g.read(&dw).unwrap(),
-        &get(&f, "patch.dw").1,
-        1e-4,
-        RTOL,
-    );
-    assert_close(
-        "patch.db",
-        &g.read(&db).unwrap(),
-        &get(&f, "patch.db").1,
-        ATOL,
-        RTOL,
-    );
+    check_fixture(g, &f, "patch.dw", &dw, 1e-4, RTOL);
+    check_fixture(g, &f, "patch.db", &db, ATOL, RTOL);
 }
 
 #[test]
@@ -292,13 +238,7 @@ fn cls_and_position_embedding_match_pytorch() {
         .unwrap();
     let out = g.alloc(&[bsz, t, c], DType::F32).unwrap();
     embed_forward(g, &out, &pt, &cls, &pos);
-    assert_close(
-        "embed.out",
-        &g.read(&out).unwrap(),
-        &get(&f, "embed.out").1,
-        0.0,
-        1e-6,
-    );
+    check_fixture(g, &f, "embed.out", &out, 0.0, 1e-6);
     let dout = g
         .upload(&get(&f, "embed.dout").1, &[bsz, t, c], DType::F32)
         .unwrap();
@@ -308,27 +248,9 @@ fn cls_and_position_embedding_match_pytorch() {
     let dcls = flat.view(0, &[c]);
     let dpos = flat.view(128, &[t, c]);
     embed_backward(g, &dp, &dcls, &dpos, &dout, false);
-    assert_close(
-        "embed.dpatches",
-        &g.read(&dp).unwrap(),
-        &get(&f, "embed.dpatches").1,
-        0.0,
-        0.0,
-    );
-    assert_close(
-        "embed.dcls",
-        &g.read(&dcls).unwrap(),
-        &get(&f, "embed.dcls").1,
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        "embed.dpos",
-        &g.read(&dpos).unwrap(),
-        &get(&f, "embed.dpos").1,
-        ATOL,
-        RTOL,
-    );
+    check_fixture(g, &f, "embed.dpatches", &dp, 0.0, 0.0);
+    check_fixture(g, &f, "embed.dcls", &dcls, ATOL, RTOL);
+    check_fixture(g, &f, "embed.dpos", &dpos, ATOL, RTOL);
 }
 
 #[test]
@@ -357,13 +279,7 @@ fn softmax_and_cross_entropy_match_pytorch() {
     assert_close("xent.loss", &[mean], &get(&f, "xent.loss").1, 1e-6, 1e-5);
     let d = g.alloc(ls, DType::F32).unwrap();
     cross_entropy_backward(g, &d, &lt, &lab, 1.0 / ls[0] as f32);
-    assert_close(
-        "xent.dlogits",
-        &g.read(&d).unwrap(),
-        &get(&f, "xent.dlogits").1,
-        1e-7,
-        1e-5,
-    );
+    check_fixture(g, &f, "xent.dlogits", &d, 1e-7, 1e-5);
     let (cpu_loss, cpu_d) = cross_entropy_cpu(logits, &labels, ls[1]);
     assert_close("xent cpu", &[cpu_loss], &get(&f, "xent.loss").1, 1e-6, 1e-5);
     assert_close("xent cpu d", &cpu_d, &get(&f, "xent.dlogits").1, 1e-7, 1e-5);

@@ -84,6 +84,11 @@ fn whole_model_gradients_match_pytorch_tanh_no_qkv_bias() {
 }
 
 fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
+    finetune_with(out, "f32", extra)
+}
+
+/// `vitgpu finetune` with the flags that make it follow the plain PyTorch loop of the fixture.
+fn finetune_with(out: &Path, precision: &str, extra: &[&str]) -> std::process::Output {
     let data = fixture_path("train/data");
     let start = fixture_path("train/start");
     let mut args = vec![
@@ -95,7 +100,7 @@ fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
         "--output",
         out.to_str().unwrap(),
         "--precision",
-        "f32",
+        precision,
         "--no-augment",
         "--no-shuffle",
         "--lr-schedule",
@@ -296,40 +301,7 @@ fn res_finetuning_saves_a_checkpoint_at_the_new_resolution() {
 #[test]
 fn f16_training_follows_the_f32_loop_within_half_precision() {
     let out = tmp("f16");
-    let data = fixture_path("train/data");
-    let start = fixture_path("train/start");
-    let o = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
-        .args([
-            "finetune",
-            "--model",
-            start.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--precision",
-            "f16",
-            "--no-augment",
-            "--no-shuffle",
-            "--lr-schedule",
-            "constant",
-            "--warmup-steps",
-            "0",
-            "--max-grad-norm",
-            "0",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "2",
-            "--lr",
-            "1e-3",
-            "--weight-decay",
-            "0.01",
-            "--full",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    finetune_with(&out, "f16", &["--full"]);
     let f = load_fixture("train/full.safetensors");
     let losses = logged_losses(&out);
     // f16 weights and activations (11-bit mantissa) through 2 layers: the loss moves by ~1e-3

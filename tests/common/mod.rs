@@ -109,3 +109,15 @@ pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
 }
+
+/// Reads `t` back and compares it with fixture tensor `name` (see [`assert_close`]).
+pub fn check_fixture(
+    g: &Gpu,
+    f: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    name: &str,
+    t: &vitgpu::gpu::GpuTensor,
+    atol: f32,
+    rtol: f32,
+) {
+    assert_close(name, &g.read(t).unwrap(), &get(f, name).1, atol, rtol);
+}
