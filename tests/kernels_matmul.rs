@@ -173,3 +173,26 @@ fn linear_matches_pytorch_fixture_tiled() {
 fn linear_matches_pytorch_fixture_direct() {
     with_variant(Variant::Direct, linear_matches_pytorch_fixture);
 }
+
+#[test]
+fn gpu_timer_measures_recorded_work() {
+    let g = gpu();
+    // lavapipe and real GPUs have timestamp queries; the timer is None only where they don't.
+    let Some(t) = g.timer(2) else {
+        assert!(!g.features.contains(wgpu::Features::TIMESTAMP_QUERY));
+        return;
+    };
+    let (m, n, k) = (256, 256, 256);
+    let x = g
+        .upload(&rand_vec(m * k, 1, 1.0), &[m, k], DType::F32)
+        .unwrap();
+    let w = g
+        .upload(&rand_vec(n * k, 2, 1.0), &[n, k], DType::F32)
+        .unwrap();
+    let out = g.alloc(&[m, n], DType::F32).unwrap();
+    g.mark(&t, 0);
+    linear_forward(g, &out, &x, &w, None, Act::None);
+    g.mark(&t, 1);
+    let ms = g.elapsed_ms(&t, 0, 1).unwrap();
+    assert!(ms.is_finite() && ms > 0.0, "elapsed {ms} ms");
+}

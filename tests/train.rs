@@ -344,3 +344,36 @@ fn gradients_with_the_tiled_matmul_kernel() {
         check_grads("vit_tiny_cls", "grads.safetensors")
     });
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_before_exiting() {
+    let out = tmp("sigint");
+    // The embedded demo runs for minutes: interrupt it once it has taken a step.
+    let child = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(["finetune", "--output", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("log.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(true, |s| s.is_empty()) {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no training step logged within 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!(ck.config.id2label.len(), 10);
+    let _ = std::fs::remove_dir_all(&out);
+}

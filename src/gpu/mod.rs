@@ -7,9 +7,11 @@
 
 mod adapter;
 mod tensor;
+mod timer;
 
 pub use adapter::{list_adapters, AdapterChoice};
 pub use tensor::{DType, GpuTensor};
+pub use timer::GpuTimer;
 
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -326,6 +328,19 @@ impl Gpu {
             dst.byte_size(),
             "copy between tensors of different sizes"
         );
+        self.with_encoder(|e| {
+            e.copy_buffer_to_buffer(
+                &src.buffer,
+                src.offset,
+                &dst.buffer,
+                dst.offset,
+                src.byte_size(),
+            )
+        });
+    }
+
+    /// Runs `f` on the open command encoder (creating it if needed).
+    pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut rec = self.rec.lock().unwrap();
         let device = &self.device;
         let encoder = rec.encoder.get_or_insert_with(|| {
@@ -333,25 +348,12 @@ impl Gpu {
                 label: Some("vitgpu"),
             })
         });
-        encoder.copy_buffer_to_buffer(
-            &src.buffer,
-            src.offset,
-            &dst.buffer,
-            dst.offset,
-            src.byte_size(),
-        );
+        f(encoder)
     }
 
     /// Records a fill with zeros.
     pub fn zero(&self, t: &GpuTensor) {
-        let mut rec = self.rec.lock().unwrap();
-        let device = &self.device;
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("vitgpu"),
-            })
-        });
-        encoder.clear_buffer(&t.buffer, t.offset, Some(t.byte_size()));
+        self.with_encoder(|e| e.clear_buffer(&t.buffer, t.offset, Some(t.byte_size())));
     }
 
     /// Allocates an uninitialised (zeroed by wgpu) tensor.

@@ -1,5 +1,5 @@
-//! Kernel and whole-step benchmarks (`vitgpu bench`, `cargo bench`): wall-clock time of
-//! GPU work between two syncs, reported as ms and GFLOP/s.
+//! Kernel and whole-step benchmarks (`vitgpu bench`, `cargo bench`): GPU timestamps (or
+//! wall-clock time between syncs where the adapter has none), reported as ms and GFLOP/s.
 
 use crate::cli::Precision;
 use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
@@ -29,16 +29,29 @@ pub struct BenchArgs {
     pub kernels_only: bool,
 }
 
-/// Median milliseconds of `iters` runs of `f` (each followed by a GPU sync), after a warm-up.
+/// Median milliseconds of `iters` runs of `f` after a warm-up: GPU time between timestamp
+/// marks where the adapter has timestamp queries, else wall-clock time between syncs.
 pub fn time_ms(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     gpu.sync()?;
+    let timer = gpu.timer(2);
     let mut v = Vec::new();
     for _ in 0..iters.max(1) {
         let t = Instant::now();
+        if let Some(tm) = &timer {
+            gpu.mark(tm, 0);
+        }
         f()?;
-        gpu.sync()?;
-        v.push(t.elapsed().as_secs_f64() * 1e3);
+        v.push(match &timer {
+            Some(tm) => {
+                gpu.mark(tm, 1);
+                gpu.elapsed_ms(tm, 0, 1)?
+            }
+            None => {
+                gpu.sync()?;
+                t.elapsed().as_secs_f64() * 1e3
+            }
+        });
     }
     v.sort_by(f64::total_cmp);
     Ok(v[v.len() / 2])

@@ -1,0 +1,69 @@
+//! GPU timestamp timer: time between two points of the recorded command stream, measured by
+//! the GPU itself (no submit or readback overhead), where the adapter has timestamp queries.
+
+use super::Gpu;
+use anyhow::{anyhow, Result};
+
+pub struct GpuTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    count: u32,
+}
+
+impl Gpu {
+    /// A timer with `count` marks, or None when the adapter has no timestamp queries.
+    pub fn timer(&self, count: u32) -> Option<GpuTimer> {
+        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timer resolve"),
+            size: 8 * count as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Some(GpuTimer {
+            set,
+            resolve,
+            count,
+        })
+    }
+
+    /// Records timestamp `index` after everything recorded so far.
+    pub fn mark(&self, t: &GpuTimer, index: u32) {
+        assert!(index < t.count);
+        self.with_encoder(|encoder| {
+            // An empty pass whose end writes the timestamp (needs only TIMESTAMP_QUERY). The end
+            // of a pass, not its beginning: a beginning-of-pass write may land before earlier
+            // work has finished.
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("mark"),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: None,
+                    end_of_pass_write_index: Some(index),
+                }),
+            });
+        });
+    }
+
+    /// Milliseconds between marks `a` and `b` (flushes and waits).
+    pub fn elapsed_ms(&self, t: &GpuTimer, a: u32, b: u32) -> Result<f64> {
+        self.with_encoder(|encoder| encoder.resolve_query_set(&t.set, 0..t.count, &t.resolve, 0));
+        let raw = self.read_raw(&t.resolve, 0, 8 * t.count as u64)?;
+        let ts: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let (ta, tb) = (ts[a as usize], ts[b as usize]);
+        if tb < ta {
+            return Err(anyhow!("GPU timestamps went backwards ({ta} → {tb})"));
+        }
+        Ok((tb - ta) as f64 * self.queue.get_timestamp_period() as f64 / 1e6)
+    }
+}
