@@ -177,7 +177,7 @@ fn real_photos_through_our_preprocessing_match_transformers() {
     let g = gpu();
     let dir = fixture_path("models/vit_tiny_cls");
     let ckpt = checkpoint::load(&dir).unwrap();
-    let pre = vitgpu::cli::preprocessor_for(&ckpt, None).unwrap();
+    let pre = vitgpu::infer::preprocessor_for(&ckpt, None).unwrap();
     let f = load_fixture("models/vit_tiny_cls/reference.safetensors");
     let want_px = &get(&f, "real.pixel_values").1;
     let mut px = Vec::new();

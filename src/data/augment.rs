@@ -5,7 +5,7 @@
 //! not the numbers torch would draw.
 
 use super::preprocess::{normalize_chw, resize_pil, PreprocessorConfig};
-use super::rng::Rng;
+use crate::rng::Rng;
 use image::RgbImage;
 
 /// `torchvision.transforms.RandomResizedCrop` box sampling.

@@ -2,10 +2,9 @@
 
 pub mod augment;
 pub mod preprocess;
-pub mod rng;
 
+pub use crate::rng::Rng;
 pub use augment::*;
 pub use preprocess::*;
-pub use rng::Rng;
 pub mod dataset;
 pub use dataset::{Dataset, Sample, Source};

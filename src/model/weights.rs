@@ -4,7 +4,7 @@
 use super::interp::interpolate_pos_embed;
 use super::Config;
 use crate::checkpoint::HostTensor;
-use crate::data::Rng;
+use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 

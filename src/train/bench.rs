@@ -1,8 +1,8 @@
 //! Kernel and whole-step benchmarks (`vitgpu bench`, `cargo bench`): GPU timestamps (or
 //! wall-clock time between syncs where the adapter has none), reported as ms and GFLOP/s.
 
-use crate::cli::Precision;
 use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
+use crate::infer::Precision;
 use crate::kernels::{self, Act};
 use crate::model::weights::init_param;
 use crate::model::{Config, Vit};

@@ -6,9 +6,9 @@ pub mod metrics;
 pub mod optim;
 
 use crate::checkpoint::{self, StoredDtype};
-use crate::cli::{preprocessor_for, Precision};
 use crate::data::{Dataset, PreprocessorConfig, Sample};
 use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
+use crate::infer::{preprocessor_for, Precision};
 use crate::kernels::adamw::AdamWStep;
 use crate::kernels::softmax::{cross_entropy_backward, cross_entropy_forward};
 use crate::model::weights::{init_param, ParamSpec};
@@ -782,7 +782,7 @@ pub fn eval_cmd(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
     } else {
         (ds.train.clone(), "all".to_string())
     };
-    let (gpu, vit, pre) = crate::cli::open_model(&a.model, adapter, a.precision, a.res)?;
+    let (gpu, vit, pre) = crate::infer::open_model(&a.model, adapter, a.precision, a.res)?;
     let labels = &vit.config.id2label;
     // Dataset class ids → model label ids, by name.
     let mut map = Vec::new();

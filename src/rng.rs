@@ -1,4 +1,4 @@
-//! A tiny seeded pseudo-random generator (SplitMix64) for shuffling and augmentation.
+//! A tiny seeded pseudo-random generator (SplitMix64) for shuffling, augmentation and init.
 //!
 //! The sequence depends only on the seed, so a training run is reproducible across
 //! machines. It is not cryptographically secure and is not meant to reproduce
