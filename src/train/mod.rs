@@ -206,24 +206,25 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
     // Keep the head when it already predicts exactly the dataset's classes (rows reordered by
     // name); otherwise start a new one as transformers does.
     let old = config.id2label.clone();
+    let param = |host: &[(ParamSpec, Vec<f32>)], name: &str| {
+        host.iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(_, v)| v.clone())
+    };
+    let old_head = param(&host, "head.weight").zip(param(&host, "head.bias"));
     host.retain(|(s, _)| !s.name.starts_with("head."));
     let same =
         old.len() == dataset.classes.len() && dataset.classes.iter().all(|c| old.contains(c));
     let mut head: Option<(Vec<f32>, Vec<f32>)> = None;
     if same {
-        if let Some(dir) = &a.model {
-            let ckpt = checkpoint::load(dir)?;
-            let (w, b) = (
-                &ckpt.tensors["classifier.weight"],
-                &ckpt.tensors["classifier.bias"],
-            );
+        if let Some((w, b)) = old_head {
             let c = config.hidden_size;
             let mut nw = Vec::new();
             let mut nb = Vec::new();
             for name in &dataset.classes {
                 let r = old.iter().position(|o| o == name).unwrap();
-                nw.extend_from_slice(&w.data[r * c..(r + 1) * c]);
-                nb.push(b.data[r]);
+                nw.extend_from_slice(&w[r * c..(r + 1) * c]);
+                nb.push(b[r]);
             }
             head = Some((nw, nb));
             eprintln!(
@@ -303,7 +304,6 @@ pub fn finetune_cmd(a: &FinetuneArgs, adapter: &AdapterChoice) -> Result<i32> {
 }
 
 pub struct Report {
-    pub losses: Vec<f32>,
     pub final_accuracy: Option<f64>,
     pub interrupted: bool,
 }
@@ -429,7 +429,6 @@ impl Run<'_> {
         } else {
             None
         };
-        let mut losses = Vec::new();
         let mut step = 0usize;
         let mut skipped_images: Vec<(String, String)> = Vec::new();
         let bar = indicatif::ProgressBar::new(total as u64);
@@ -522,7 +521,7 @@ impl Run<'_> {
                 self.flat.step(gpu, &s);
                 self.flat.zero_grads(gpu);
                 step += 1;
-                losses.push(batch_loss);
+
                 let ep = step as f64 / steps_per_epoch as f64;
                 writeln!(
                     self.log,
@@ -578,7 +577,6 @@ impl Run<'_> {
             );
         }
         Ok(Report {
-            losses,
             final_accuracy,
             interrupted,
         })
