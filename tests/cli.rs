@@ -324,3 +324,57 @@ fn training_from_a_preset_config_without_a_checkpoint() {
     assert_eq!(log.lines().filter(|l| l.contains("\"lr\"")).count(), 2);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_head_whose_labels_match_the_classes_is_kept_in_dataset_order() {
+    // vit_tiny_cls predicts cat, dog, fish, bird, frog; folders sort as bird, cat, dog, fish, frog.
+    let root = std::env::temp_dir().join(format!("vitgpu-keephead-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for class in ["bird", "cat", "dog", "fish", "frog"] {
+        std::fs::create_dir_all(root.join("data").join(class)).unwrap();
+        std::fs::copy(
+            fixture_path("images/cat_small.jpg"),
+            root.join("data").join(class).join("a.jpg"),
+        )
+        .unwrap();
+    }
+    let out = root.join("out");
+    let o = vitgpu(&[
+        "finetune",
+        "--model",
+        &s(&fixture_path("models/vit_tiny_cls")),
+        "--data",
+        &s(&root.join("data")),
+        "--output",
+        &s(&out),
+        "--head-only",
+        "--lr",
+        "0",
+        "--max-steps",
+        "1",
+        "--val-fraction",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("keeping the checkpoint's classifier"),
+        "{err}"
+    );
+    let before = vitgpu::checkpoint::load(&fixture_path("models/vit_tiny_cls")).unwrap();
+    let after = vitgpu::checkpoint::load(&out).unwrap();
+    assert_eq!(
+        after.config.id2label,
+        vec!["bird", "cat", "dog", "fish", "frog"]
+    );
+    let (w0, w1) = (
+        &before.tensors["classifier.weight"].data,
+        &after.tensors["classifier.weight"].data,
+    );
+    // With lr 0 nothing moves: row "bird" (0 now) is the old row 3.
+    assert_eq!(&w1[..96], &w0[3 * 96..4 * 96]);
+    assert_eq!(
+        after.tensors["classifier.bias"].data[0],
+        before.tensors["classifier.bias"].data[3]
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
