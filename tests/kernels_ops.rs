@@ -395,3 +395,19 @@ fn adamw_cpu_reference_matches_torch_and_cast_f16_rounds() {
     // Rounding mode of pack2x16float is implementation-defined: allow one f16 ulp (2^-10 · 4).
     assert_close("cast f16", &g.read(&h).unwrap(), &want, 4e-3, 0.0);
 }
+
+#[test]
+fn reused_buffers_come_back_zero_filled() {
+    let g = gpu();
+    // An odd size no other test uses, so this buffer is the one the pool hands back.
+    let shape = [7usize, 1931];
+    let t = g.alloc(&shape, DType::F32).unwrap();
+    g.write(&t, &vec![3.5; 7 * 1931]);
+    assert_eq!(g.read(&t).unwrap()[0], 3.5);
+    drop(t);
+    let again = g.alloc(&shape, DType::F32).unwrap();
+    assert!(
+        g.read(&again).unwrap().iter().all(|&v| v == 0.0),
+        "a pooled buffer kept old data"
+    );
+}

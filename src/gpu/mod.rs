@@ -65,6 +65,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     rec: Mutex<Recorder>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Released activation buffers, reused by `alloc`.
+    pool: Arc<tensor::Pool>,
     /// Bound where a kernel's optional input is switched off by an override.
     dummy: GpuTensor,
 }
@@ -150,6 +152,7 @@ impl Gpu {
                 launches: 0,
             }),
             errors,
+            pool: Arc::default(),
             dummy,
         })
     }
@@ -356,10 +359,21 @@ impl Gpu {
         self.with_encoder(|e| e.clear_buffer(&t.buffer, t.offset, Some(t.byte_size())));
     }
 
-    /// Allocates an uninitialised (zeroed by wgpu) tensor.
+    /// Allocates a zero-filled tensor, reusing a released buffer of the same size if any.
     pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let bytes = tensor::byte_size(shape, dtype);
         self.check_size(shape, bytes)?;
+        let reused = self
+            .pool
+            .lock()
+            .unwrap()
+            .get_mut(&bytes)
+            .and_then(|v| v.pop());
+        if let Some(buffer) = reused {
+            // Fresh buffers are zeroed; keep that promise (the CLS-row backward relies on it).
+            self.with_encoder(|e| e.clear_buffer(&buffer, 0, None));
+            return Ok(self.pooled(buffer, shape, dtype));
+        }
         self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -375,7 +389,16 @@ impl Gpu {
                 bytes as f64 / 1048576.0
             );
         }
-        Ok(GpuTensor::new(buffer, shape, dtype))
+        Ok(self.pooled(buffer, shape, dtype))
+    }
+
+    fn pooled(&self, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
+        GpuTensor {
+            buffer: Arc::new(tensor::PooledBuffer::new(buffer, Some(self.pool.clone()))),
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        }
     }
 
     fn check_size(&self, shape: &[usize], bytes: u64) -> Result<()> {

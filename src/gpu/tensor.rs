@@ -1,7 +1,45 @@
 //! `GpuTensor`: a storage buffer with a shape and a storage dtype (f32, or f16 packed two per u32).
 
 use half::f16;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Released buffers by byte size, for reuse: a training step allocates the same shapes every
+/// time, so after the first step activations come from here instead of the driver.
+pub(crate) type Pool = Mutex<HashMap<u64, Vec<wgpu::Buffer>>>;
+
+/// A buffer that goes back to its pool (if it has one) when the last tensor using it drops.
+/// Reuse is safe while earlier commands still read it: the queue runs in recording order.
+pub struct PooledBuffer {
+    buf: Option<wgpu::Buffer>,
+    pool: Option<Arc<Pool>>,
+}
+
+impl PooledBuffer {
+    pub(crate) fn new(buf: wgpu::Buffer, pool: Option<Arc<Pool>>) -> PooledBuffer {
+        PooledBuffer {
+            buf: Some(buf),
+            pool,
+        }
+    }
+}
+
+impl std::ops::Deref for PooledBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        self.buf.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let (Some(b), Some(pool)) = (self.buf.take(), &self.pool) {
+            if let Ok(mut p) = pool.lock() {
+                p.entry(b.size()).or_default().push(b);
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -26,7 +64,7 @@ impl DType {
 /// into one flat buffer, so that the optimizer is a single kernel over all of them.
 #[derive(Clone)]
 pub struct GpuTensor {
-    pub buffer: Arc<wgpu::Buffer>,
+    pub buffer: Arc<PooledBuffer>,
     pub offset: u64,
     pub shape: Vec<usize>,
     pub dtype: DType,
@@ -35,7 +73,7 @@ pub struct GpuTensor {
 impl GpuTensor {
     pub fn new(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         GpuTensor {
-            buffer: Arc::new(buffer),
+            buffer: Arc::new(PooledBuffer::new(buffer, None)),
             offset: 0,
             shape: shape.to_vec(),
             dtype,
