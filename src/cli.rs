@@ -1,9 +1,10 @@
 //! Command-line interface: `predict`, `eval`, `finetune`, `info`, `bench`.
 
 use crate::data;
+use crate::data::{Sample, Source};
 use crate::gpu::{list_adapters, AdapterChoice};
 pub use crate::infer::Precision;
-use crate::infer::{open_model, run_model};
+use crate::infer::{open_model, predict_samples, softmax};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -132,10 +133,32 @@ fn predict(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
     }
     let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
     let labels = &vit.config.id2label;
-    let (preds, failed) = run_model(&gpu, &vit, &pre, &paths, a.batch_size, |_| {})?;
-    for (p, e) in &failed {
-        eprintln!("error: {}: {e}", p.display());
+    let samples: Vec<Sample> = paths
+        .iter()
+        .map(|p| Sample {
+            source: Source::File(p.clone()),
+            label: 0,
+        })
+        .collect();
+    let out = predict_samples(&gpu, &vit, &pre, &samples, a.batch_size)?;
+    for (_, e) in &out.failed {
+        eprintln!("error: {e}");
     }
+    let n = vit.num_labels();
+    let probs = softmax(&gpu, &out.logits, n)?;
+    // (image, logits, probs) of each readable image, in input order.
+    let preds: Vec<(&PathBuf, &[f32], &[f32])> = out
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            (
+                &paths[i],
+                &out.logits[k * n..(k + 1) * n],
+                &probs[k * n..(k + 1) * n],
+            )
+        })
+        .collect();
     let top = |probs: &[f32]| {
         let mut idx: Vec<usize> = (0..probs.len()).collect();
         idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
@@ -150,32 +173,32 @@ fn predict(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
     };
     match a.format {
         Format::Text => {
-            for p in &preds {
-                println!("{}", p.image.display());
-                for i in top(&p.probs) {
-                    println!("  {:>7.4}  {}", p.probs[i], label(i));
+            for (image, _, probs) in &preds {
+                println!("{}", image.display());
+                for i in top(probs) {
+                    println!("  {:>7.4}  {}", probs[i], label(i));
                 }
             }
         }
         Format::Json => {
             let arr: Vec<serde_json::Value> = preds
                 .iter()
-                .map(|p| {
+                .map(|(image, logits, probs)| {
                     serde_json::json!({
-                        "image": p.image.display().to_string(),
-                        "logits": p.logits,
-                        "probs": p.probs,
-                        "top": top(&p.probs).into_iter().map(|i| serde_json::json!({"label": label(i), "score": p.probs[i]})).collect::<Vec<_>>(),
+                        "image": image.display().to_string(),
+                        "logits": logits,
+                        "probs": probs,
+                        "top": top(probs).into_iter().map(|i| serde_json::json!({"label": label(i), "score": probs[i]})).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&arr)?);
         }
     }
-    if !failed.is_empty() {
+    if !out.failed.is_empty() {
         eprintln!(
             "{} of {} images could not be read",
-            failed.len(),
+            out.failed.len(),
             paths.len()
         );
         return Ok(1);

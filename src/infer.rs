@@ -2,15 +2,14 @@
 //! checkpoint on the GPU, preprocess images on CPU threads, run batches, return logits.
 
 use crate::checkpoint;
-use crate::data::{self, PreprocessorConfig};
+use crate::data::{Loader, PreprocessorConfig, Sample};
 use crate::gpu::{AdapterChoice, DType, Gpu};
 use crate::kernels;
 use crate::model::Vit;
 use crate::tape::Graph;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Precision {
@@ -44,70 +43,58 @@ pub fn preprocessor_for(
     Ok(pre)
 }
 
-/// Decodes and preprocesses images on CPU threads; failures are returned per image.
-pub fn preprocess_batch(paths: &[PathBuf], pre: &PreprocessorConfig) -> Vec<Result<Vec<f32>>> {
-    paths
-        .par_iter()
-        .map(|p| data::load_rgb(p).map(|img| data::pixel_values(&img, pre)))
-        .collect()
-}
-
-/// One image's prediction.
-pub struct Prediction {
-    pub image: PathBuf,
+/// What a batched inference run over samples gives back.
+pub struct Predictions {
+    /// (N, num_labels) logits of the readable samples, in order.
     pub logits: Vec<f32>,
-    pub probs: Vec<f32>,
+    /// Position in the input of each row of `logits`.
+    pub indices: Vec<usize>,
+    /// (sample, reason) of the ones that could not be read.
+    pub failed: Vec<(String, String)>,
 }
 
-/// An image that could not be read, and why.
-pub type Failure = (PathBuf, String);
-
-/// Runs the model over images in batches; returns the predictions and the failures.
-pub fn run_model(
+/// Logits of every readable sample, in batches; decoding runs on CPU threads ahead of the GPU.
+pub fn predict_samples(
     gpu: &Gpu,
     vit: &Vit,
     pre: &PreprocessorConfig,
-    paths: &[PathBuf],
+    samples: &[Sample],
     batch_size: usize,
-    mut on_batch: impl FnMut(usize),
-) -> Result<(Vec<Prediction>, Vec<Failure>)> {
-    let mut preds = Vec::new();
-    let mut failed = Vec::new();
-    let n_labels = vit.num_labels();
-    let (h, w) = (pre.height, pre.width);
-    for chunk in paths.chunks(batch_size.max(1)) {
-        let mut pix = Vec::new();
-        let mut ok = Vec::new();
-        for (p, r) in chunk.iter().zip(preprocess_batch(chunk, pre)) {
-            match r {
-                Ok(v) => {
-                    pix.extend(v);
-                    ok.push(p.clone());
-                }
-                Err(e) => failed.push((p.clone(), format!("{e:#}"))),
-            }
-        }
-        on_batch(chunk.len());
-        if ok.is_empty() {
+) -> Result<Predictions> {
+    let batch_size = batch_size.max(1);
+    let order: Vec<usize> = (0..samples.len()).collect();
+    let loader = Loader::start(samples.to_vec(), order, batch_size, pre.clone(), false, 0);
+    let mut out = Predictions {
+        logits: Vec::new(),
+        indices: Vec::new(),
+        failed: Vec::new(),
+    };
+    for _ in (0..samples.len()).step_by(batch_size) {
+        let batch = loader.next()?;
+        out.failed.extend(batch.failed);
+        if batch.labels.is_empty() {
             continue;
         }
-        let b = ok.len();
-        let pixels = gpu.upload(&pix, &[b, 3, h, w], DType::F32)?;
-        let mut g = Graph::new(gpu, vit.dtype);
+        let b = batch.labels.len();
+        let pixels = gpu.upload(&batch.pixels, &[b, 3, pre.height, pre.width], DType::F32)?;
+        let mut g = Graph::no_grad(gpu, vit.dtype);
         let logits = vit.forward(&mut g, &pixels)?;
-        let probs = gpu.alloc(&[b, n_labels], DType::F32)?;
-        kernels::softmax::softmax_forward(gpu, &probs, &logits.t);
-        let l = gpu.read(&logits.t)?;
-        let pr = gpu.read(&probs)?;
-        for (i, image) in ok.into_iter().enumerate() {
-            preds.push(Prediction {
-                image,
-                logits: l[i * n_labels..(i + 1) * n_labels].to_vec(),
-                probs: pr[i * n_labels..(i + 1) * n_labels].to_vec(),
-            });
-        }
+        out.logits.extend(gpu.read(&logits.t)?);
+        out.indices.extend(batch.indices);
     }
-    Ok((preds, failed))
+    Ok(out)
+}
+
+/// Class probabilities of logits (N, L), on the GPU.
+pub fn softmax(gpu: &Gpu, logits: &[f32], n_labels: usize) -> Result<Vec<f32>> {
+    let n = logits.len() / n_labels.max(1);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let l = gpu.upload(logits, &[n, n_labels], DType::F32)?;
+    let probs = gpu.alloc(&[n, n_labels], DType::F32)?;
+    kernels::softmax::softmax_forward(gpu, &probs, &l);
+    gpu.read(&probs)
 }
 
 /// Loads a classifier checkpoint and opens the GPU for it.

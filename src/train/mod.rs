@@ -1,21 +1,19 @@
 //! Fine-tuning loop, evaluation and benchmarks: `vitgpu finetune`, `vitgpu eval`, `vitgpu bench`.
 
 pub mod bench;
-mod loader;
 pub mod metrics;
 pub mod optim;
 
 use crate::checkpoint::{self, StoredDtype};
-use crate::data::{Dataset, PreprocessorConfig, Sample};
+use crate::data::{Batch, Dataset, Loader, PreprocessorConfig, Sample};
 use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
-use crate::infer::{preprocessor_for, Precision};
+use crate::infer::{predict_samples, preprocessor_for, Precision};
 use crate::kernels::adamw::AdamWStep;
 use crate::kernels::softmax::{cross_entropy_backward, cross_entropy_forward};
 use crate::model::weights::{init_param, ParamSpec};
 use crate::model::{Config, Vit};
 use crate::tape::{Graph, Node, P};
 use anyhow::{bail, Context, Result};
-use loader::{Batch, Loader};
 use optim::{lr_factor, FlatParams, LossScaler, Schedule};
 use std::io::Write;
 use std::path::PathBuf;
@@ -705,7 +703,7 @@ impl Run<'_> {
 
     fn evaluate(&self, samples: &[Sample], batch_size: usize) -> Result<(f64, f64)> {
         let (logits, labels) =
-            predict_samples(self.gpu, &self.vit, &self.setup.pre, samples, batch_size)?;
+            labelled_logits(self.gpu, &self.vit, &self.setup.pre, samples, batch_size)?;
         Ok(metrics::loss_and_accuracy(
             &logits,
             &labels,
@@ -739,34 +737,22 @@ fn round4(x: f64) -> f64 {
     (x * 10000.0).round() / 10000.0
 }
 
-/// Logits (N, L) and labels of the readable samples.
-pub fn predict_samples(
+/// Logits (N, L) and labels of the readable samples; unreadable ones are warned about.
+fn labelled_logits(
     gpu: &Gpu,
     vit: &Vit,
     pre: &PreprocessorConfig,
     samples: &[Sample],
     batch_size: usize,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    let order: Vec<usize> = (0..samples.len()).collect();
-    let loader = Loader::start(samples.to_vec(), order, batch_size, pre.clone(), false, 0);
-    let mut logits = Vec::new();
-    let mut labels = Vec::new();
-    for _ in (0..samples.len()).step_by(batch_size.max(1)) {
-        let batch = loader.next()?;
-        for (p, e) in &batch.failed {
-            eprintln!("warning: skipped {p}: {e}");
-        }
-        if batch.labels.is_empty() {
-            continue;
-        }
-        let b = batch.labels.len();
-        let pixels = gpu.upload(&batch.pixels, &[b, 3, pre.height, pre.width], DType::F32)?;
-        let mut g = Graph::no_grad(gpu, vit.dtype);
-        let l = vit.forward(&mut g, &pixels)?;
-        logits.extend(gpu.read(&l.t)?);
-        labels.extend(batch.labels);
+    let p = predict_samples(gpu, vit, pre, samples, batch_size)?;
+    for (s, e) in &p.failed {
+        eprintln!("warning: skipped {s}: {e}");
     }
-    Ok((logits, labels))
+    Ok((
+        p.logits,
+        p.indices.iter().map(|&i| samples[i].label as u32).collect(),
+    ))
 }
 
 pub fn eval_cmd(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
@@ -800,7 +786,7 @@ pub fn eval_cmd(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
             s
         })
         .collect();
-    let (logits, truth) = predict_samples(&gpu, &vit, &pre, &samples, a.batch_size)?;
+    let (logits, truth) = labelled_logits(&gpu, &vit, &pre, &samples, a.batch_size)?;
     let m = metrics::Metrics::compute(&logits, &truth, labels.len());
     println!("{} images ({split_name} split)", truth.len());
     print!("{}", m.report(labels));
