@@ -456,7 +456,8 @@ impl Run<'_> {
                 )),
             };
             let mut micro = 0usize;
-            let mut acc_losses: Vec<f32> = Vec::new();
+            // Per-example losses of the micro-batches of this step, read back once at the step.
+            let mut acc_losses: Vec<GpuTensor> = Vec::new();
             self.flat.zero_grads(gpu);
             for chunk_start in (0..n).step_by(a.batch_size) {
                 let idx = &order[chunk_start..(chunk_start + a.batch_size).min(n)];
@@ -486,8 +487,14 @@ impl Run<'_> {
                 };
                 let norm = sumsq.sqrt() / scaler.scale as f64;
                 let lr_now = lr * lr_factor(a.lr_schedule, step, warmup, total);
-                let batch_loss = acc_losses.iter().sum::<f32>() / acc_losses.len() as f32;
-                acc_losses.clear();
+                // After the gradient-norm readback above the GPU is idle: these reads don't stall it.
+                let micro_in_step = acc_losses.len();
+                let mut batch_loss = 0.0;
+                for l in acc_losses.drain(..) {
+                    let v = gpu.read(&l)?;
+                    batch_loss += v.iter().sum::<f32>() / v.len() as f32;
+                }
+                batch_loss /= micro_in_step as f32;
                 if !scaler.update(norm.is_finite()) {
                     eprintln!(
                         "step {}: inf/NaN gradients, skipped; loss scale now {}",
@@ -580,14 +587,15 @@ impl Run<'_> {
         })
     }
 
-    /// Forward + backward of one micro-batch; returns its mean loss.
+    /// Forward + backward of one micro-batch (recorded, not waited for); returns its
+    /// per-example losses.
     fn forward_backward(
         &self,
         batch: &Batch,
         accum: usize,
         loss_scale: f32,
         cached: bool,
-    ) -> Result<f32> {
+    ) -> Result<GpuTensor> {
         let gpu = self.gpu;
         let b = batch.labels.len();
         let labels = gpu.upload_u32(&batch.labels);
@@ -613,8 +621,7 @@ impl Run<'_> {
             loss_scale / (b * accum) as f32,
         );
         g.backward(&logits, dlogits)?;
-        let l = gpu.read(&losses)?;
-        Ok(l.iter().sum::<f32>() / b as f32)
+        Ok(losses)
     }
 
     fn head(&self, g: &mut Graph, features: &GpuTensor) -> Result<Node> {
