@@ -1,8 +1,8 @@
 //! The `vitgpu` binary as users run it: predict (text, JSON, bad images, --res), eval, info,
 //! and clear errors for bad input.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::process::{Command, Output};
 
 fn vitgpu(args: &[&str]) -> Output {

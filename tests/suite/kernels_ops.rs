@@ -1,8 +1,8 @@
 //! Layer norm, GELU, residual, patch/position embedding, softmax cross-entropy and AdamW
 //! kernels against PyTorch fixtures (f32) and CPU references (f16 storage).
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use vitgpu::gpu::DType;
 use vitgpu::kernels::adamw::*;
 use vitgpu::kernels::embed::*;

@@ -1,7 +1,7 @@
 //! Fused attention forward/backward against PyTorch fixtures and the f64 CPU reference.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use vitgpu::gpu::{DType, Gpu, GpuTensor};
 use vitgpu::kernels::attention::*;
 

@@ -1,7 +1,7 @@
 //! Matmul family against CPU references on awkward shapes, and against PyTorch fixtures.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use vitgpu::gpu::DType;
 use vitgpu::kernels::matmul::*;
 

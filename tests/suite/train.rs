@@ -1,8 +1,8 @@
 //! Training against PyTorch: whole-model gradients, and `vitgpu finetune` (full and head-only)
 //! against a plain torch.optim.AdamW loop on the same checkpoint and batches.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;

@@ -2,8 +2,8 @@
 //! hidden states and logits, interpolated resolutions, f16/bf16/sharded/timm/backbone
 //! checkpoints, f16 storage, and real photos through our preprocessing.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use vitgpu::checkpoint;
 use vitgpu::gpu::DType;
 use vitgpu::model::Vit;

@@ -1,0 +1,13 @@
+//! The one integration-test binary (each extra binary re-links wgpu): kernels, model,
+//! checkpoints, preprocessing, training and the CLI, one module each.
+
+mod checkpoint;
+mod cli;
+mod common;
+mod interp;
+mod kernels_attention;
+mod kernels_matmul;
+mod kernels_ops;
+mod model;
+mod preprocess;
+mod train;
