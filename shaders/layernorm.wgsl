@@ -162,14 +162,21 @@ fn layernorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, one thread per column pair.
+// dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, in two passes so that the rows are summed in
+// parallel: `layernorm_backward_partial` sums chunks of ROW_CHUNK rows into PART (chunk, 2, cols)
+// with one thread per column pair, and `layernorm_backward_params` adds up the chunks.
+override ROW_CHUNK: u32 = 64u;
+@group(0) @binding(11) var<storage, read_write> PART: array<f32>;
+
 @compute @workgroup_size(WG)
-fn layernorm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn layernorm_backward_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x * 2u;
     if (c >= p.cols) { return; }
     let has1 = c + 1u < p.cols;
+    let r0 = gid.y * ROW_CHUNK;
+    let r1 = min(p.rows, r0 + ROW_CHUNK);
     var w0 = 0.0; var w1 = 0.0; var b0 = 0.0; var b1 = 0.0;
-    for (var r = 0u; r < p.rows; r++) {
+    for (var r = r0; r < r1; r++) {
         let mean = MEAN[r];
         let rstd = RSTD[r];
         let i = r * p.cols + c;
@@ -180,6 +187,30 @@ fn layernorm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
             let d1 = ld_dy(i + 1u);
             w1 += d1 * (ld_x(i + 1u) - mean) * rstd;
             b1 += d1;
+        }
+    }
+    let base = gid.y * 2u * p.cols + c;
+    PART[base] = w0;
+    PART[base + p.cols] = b0;
+    if (has1) {
+        PART[base + 1u] = w1;
+        PART[base + p.cols + 1u] = b1;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x * 2u;
+    if (c >= p.cols) { return; }
+    let has1 = c + 1u < p.cols;
+    var w0 = 0.0; var w1 = 0.0; var b0 = 0.0; var b1 = 0.0;
+    for (var k = 0u; k < (p.rows + ROW_CHUNK - 1u) / ROW_CHUNK; k++) {
+        let base = k * 2u * p.cols + c;
+        w0 += PART[base];
+        b0 += PART[base + p.cols];
+        if (has1) {
+            w1 += PART[base + 1u];
+            b1 += PART[base + p.cols + 1u];
         }
     }
     if (ACCUM) {

@@ -68,23 +68,28 @@ fn store_tile(m0: u32, n0: u32) {
         for (var j = 0u; j < 4u; j += 2u) {
             let n = n0 + j;
             if (n >= p.n) { continue; }
-            let has1 = n + 1u < p.n;
-            var v0 = acc[i * 4u + j];
-            var v1 = acc[i * 4u + j + 1u];
-            if (HAS_BIAS) {
-                v0 += ld_bias(n);
-                if (has1) { v1 += ld_bias(n + 1u); }
-            }
-            v0 = activate(v0, ACT);
-            v1 = activate(v1, ACT);
-            let idx = m * p.c_sm + n;
-            if (ACCUM) {
-                v0 += ld_c(idx);
-                if (has1) { v1 += ld_c(idx + 1u); }
-            }
-            st_c2(idx, v0, v1, has1);
+            epilogue2(m, n, acc[i * 4u + j], acc[i * 4u + j + 1u]);
         }
     }
+}
+
+// Bias, activation, accumulate and store of C[m, n] and C[m, n + 1] (when n + 1 < N).
+fn epilogue2(m: u32, n: u32, s0: f32, s1: f32) {
+    let has1 = n + 1u < p.n;
+    var v0 = s0;
+    var v1 = s1;
+    if (HAS_BIAS) {
+        v0 += ld_bias(n);
+        if (has1) { v1 += ld_bias(n + 1u); }
+    }
+    v0 = activate(v0, ACT);
+    v1 = activate(v1, ACT);
+    let idx = m * p.c_sm + n;
+    if (ACCUM) {
+        v0 += ld_c(idx);
+        if (has1) { v1 += ld_c(idx + 1u); }
+    }
+    st_c2(idx, v0, v1, has1);
 }
 
 const BM: u32 = 64u;
@@ -141,7 +146,28 @@ fn matmul_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     store_tile(row0 + lid.y * 4u, col0 + lid.x * 4u);
 }
 
-// Column sums: C(N) [+]= Σ_m A(m, n), A row-major (M, N). The bias gradient of a linear layer.
+// Column sums: C(N) [+]= Σ_m A(m, n), A row-major (M, N): the bias gradient of a linear layer.
+// Two passes so that the M rows are summed in parallel: `matmul_bias_partial` sums chunks of
+// BIAS_CHUNK rows into WS (chunk, N), then `matmul_bias_backward` adds up the chunks.
+override BIAS_CHUNK: u32 = 64u;
+
+@compute @workgroup_size(WG_COLS)
+fn matmul_bias_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 2u;
+    if (n >= p.n) { return; }
+    let has1 = n + 1u < p.n;
+    let r0 = gid.y * BIAS_CHUNK;
+    let r1 = min(p.m, r0 + BIAS_CHUNK);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var m = r0; m < r1; m++) {
+        s0 += ld_a(m * p.n + n);
+        if (has1) { s1 += ld_a(m * p.n + n + 1u); }
+    }
+    WS[gid.y * p.n + n] = s0;
+    if (has1) { WS[gid.y * p.n + n + 1u] = s1; }
+}
+
 @compute @workgroup_size(WG_COLS)
 fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = gid.x * 2u;
@@ -149,9 +175,9 @@ fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let has1 = n + 1u < p.n;
     var s0 = 0.0;
     var s1 = 0.0;
-    for (var m = 0u; m < p.m; m++) {
-        s0 += ld_a(m * p.n + n);
-        if (has1) { s1 += ld_a(m * p.n + n + 1u); }
+    for (var c = 0u; c < (p.m + BIAS_CHUNK - 1u) / BIAS_CHUNK; c++) {
+        s0 += WS[c * p.n + n];
+        if (has1) { s1 += WS[c * p.n + n + 1u]; }
     }
     if (ACCUM) {
         s0 += ld_c(n);
@@ -185,4 +211,117 @@ fn matmul_forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     store_tile(m0, n0);
+}
+
+// The register-blocked variant for large products on GPUs: 16×16 invocations with RM×RN
+// outputs each (RM, RN ∈ {4, 8}; 128×128 tiles at 8×8), in 4×4 blocks 64 rows/columns apart
+// so that a warp's workgroup-memory reads are consecutive vec4s; K tile 16. With SPLIT_K > 1,
+// workgroup z takes one K slice and writes raw sums to WS for `matmul_split_reduce`: this
+// keeps every multiprocessor busy when the output has too few tiles (weight gradients).
+override RM: u32 = 8u;
+override RN: u32 = 8u;
+override SPLIT_K: u32 = 1u;
+@group(0) @binding(5) var<storage, read_write> WS: array<f32>;
+
+const WK: u32 = 16u;
+// Row stride of the tiles in vec4s: 32 plus one of padding, so that the 16 K rows written by
+// one load step fall in different banks.
+const WS_ROW: u32 = 33u;
+var<workgroup> Aw: array<vec4<f32>, 528>; // [WK][WS_ROW]
+var<workgroup> Bw: array<vec4<f32>, 528>;
+var<private> accw: array<vec4<f32>, 16>; // [row 0..RM][column block 0..RN/4]
+
+fn split_range(z: u32) -> vec2<u32> {
+    if (SPLIT_K == 1u) { return vec2<u32>(0u, p.k); }
+    let chunk = ((p.k + SPLIT_K - 1u) / SPLIT_K + WK - 1u) / WK * WK;
+    let k0 = min(p.k, z * chunk);
+    return vec2<u32>(k0, min(p.k, k0 + chunk));
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_forward_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tm = 16u * RM;
+    let tn = 16u * RN;
+    let row0 = wg.y * tm;
+    let col0 = wg.x * tn;
+    let tid = lid.y * 16u + lid.x;
+    let kr = split_range(wg.z);
+    for (var i = 0u; i < 16u; i++) { accw[i] = vec4<f32>(0.0); }
+
+    for (var kt = kr.x; kt < kr.y; kt += WK) {
+        for (var r = 0u; r < RM; r++) {
+            let e = tid + r * 256u;
+            var ml: u32; var kl: u32;
+            if (p.a_sk == 1u) { kl = e % WK; ml = e / WK; } else { ml = e % tm; kl = e / tm; }
+            let m = row0 + ml;
+            let ka = kt + kl;
+            var av = 0.0;
+            if (m < p.m && ka < kr.y) { av = ld_a(m * p.a_sm + ka * p.a_sk); }
+            Aw[kl * WS_ROW + ml / 4u][ml % 4u] = av;
+        }
+        for (var r = 0u; r < RN; r++) {
+            let e = tid + r * 256u;
+            var nl: u32; var kl: u32;
+            if (p.b_sk == 1u) { kl = e % WK; nl = e / WK; } else { nl = e % tn; kl = e / tn; }
+            let n = col0 + nl;
+            let kb = kt + kl;
+            var bv = 0.0;
+            if (n < p.n && kb < kr.y) { bv = ld_b(kb * p.b_sk + n * p.b_sn); }
+            Bw[kl * WS_ROW + nl / 4u][nl % 4u] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < WK; kk++) {
+            for (var hi = 0u; hi < RM / 4u; hi++) {
+                let a = Aw[kk * WS_ROW + hi * 16u + lid.y];
+                for (var hj = 0u; hj < RN / 4u; hj++) {
+                    let b = Bw[kk * WS_ROW + hj * 16u + lid.x];
+                    for (var i = 0u; i < 4u; i++) {
+                        let r = (hi * 4u + i) * 2u + hj;
+                        accw[r] = fma(vec4<f32>(a[i]), b, accw[r]);
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var hi = 0u; hi < RM / 4u; hi++) {
+        for (var hj = 0u; hj < RN / 4u; hj++) {
+            let m0 = row0 + hi * 64u + lid.y * 4u;
+            let n0 = col0 + hj * 64u + lid.x * 4u;
+            if (SPLIT_K > 1u) {
+                let base = wg.z * p.m * p.n;
+                for (var i = 0u; i < 4u; i++) {
+                    let v = accw[(hi * 4u + i) * 2u + hj];
+                    for (var j = 0u; j < 4u; j++) {
+                        if (m0 + i < p.m && n0 + j < p.n) { WS[base + (m0 + i) * p.n + n0 + j] = v[j]; }
+                    }
+                }
+            } else {
+                for (var i = 0u; i < 4u; i++) {
+                    let v = accw[(hi * 4u + i) * 2u + hj];
+                    for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = v[j]; }
+                }
+                store_tile(m0, n0);
+            }
+        }
+    }
+}
+
+// Sums the SPLIT_K slices of WS into C through the shared epilogue; one invocation per two
+// adjacent outputs of a row.
+@compute @workgroup_size(64)
+fn matmul_split_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 2u;
+    let m = gid.y;
+    if (n >= p.n || m >= p.m) { return; }
+    var s0 = 0.0;
+    var s1 = 0.0;
+    let has1 = n + 1u < p.n;
+    for (var z = 0u; z < SPLIT_K; z++) {
+        let i = z * p.m * p.n + m * p.n + n;
+        s0 += WS[i];
+        if (has1) { s1 += WS[i + 1u]; }
+    }
+    epilogue2(m, n, s0, s1);
 }

@@ -127,22 +127,39 @@ pub fn layernorm_backward_params(
         eps: 0.0,
         _pad: 0,
     };
+    let chunks = (rows as u32).div_ceil(ROW_CHUNK);
+    let part = gpu
+        .alloc(&[chunks as usize, 2, cols], crate::gpu::DType::F32)
+        .expect("layer-norm gradient workspace");
     let ov = [
         ("X_F16", inp.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DW_F16", dw.dtype.is_f16()),
         ("ACCUM", super::flag(accum)),
         ("WG", WG as f64),
+        ("ROW_CHUNK", ROW_CHUNK as f64),
     ];
+    let col_groups = (cols as u32).div_ceil(2).div_ceil(WG);
+    gpu.launch(
+        &shader!("layernorm"),
+        "layernorm_backward_partial",
+        &ov,
+        &p,
+        &[(1, inp), (5, mean), (6, rstd), (7, dout), (11, &part)],
+        [col_groups, chunks, 1],
+    );
     gpu.launch(
         &shader!("layernorm"),
         "layernorm_backward_params",
         &ov,
         &p,
-        &[(1, inp), (5, mean), (6, rstd), (7, dout), (9, dw), (10, db)],
-        [(cols as u32).div_ceil(2).div_ceil(WG), 1, 1],
+        &[(9, dw), (10, db), (11, &part)],
+        [col_groups, 1, 1],
     );
 }
+
+/// Rows summed by one invocation of the parameter gradients' first pass.
+const ROW_CHUNK: u32 = 64;
 
 /// CPU reference: returns (out, mean, rstd).
 pub fn layernorm_forward_cpu(

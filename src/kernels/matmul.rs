@@ -88,21 +88,28 @@ pub fn erf(x: f64) -> f64 {
 }
 
 thread_local! {
-    static FORCE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    static FORCE: std::cell::Cell<Option<Variant>> = const { std::cell::Cell::new(None) };
 }
 
-/// Which matmul kernel runs: the tiled one (workgroup memory; real GPUs) or the barrier-free
-/// direct one (software adapters). Chosen by adapter type unless overridden here.
+/// Which matmul kernel runs: on real GPUs the wide tiled one (128×128 tiles) for products
+/// large enough to fill the GPU with them, else the 64×64 tiled one; on software adapters the
+/// barrier-free direct one. Chosen by adapter and shape unless overridden by [`with_variant`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// 64×64 tiles in workgroup memory, 4×4 outputs per invocation.
     Tiled,
+    /// Register-blocked tiles: `rm`×`rn` outputs per invocation (each 4 or 8; 128×128 tiles
+    /// at 8×8), with the K range split over `split_k` workgroups where the output has too few
+    /// tiles to fill the GPU.
+    Wide { rm: u32, rn: u32, split_k: u32 },
+    /// No workgroup memory or barriers (llvmpipe turns barriers into coroutine switches).
     Direct,
 }
 
 /// Runs `f` with every matmul on this thread using `v` (tests exercise both kernels on any
 /// adapter this way).
 pub fn with_variant<R>(v: Variant, f: impl FnOnce() -> R) -> R {
-    let prev = FORCE.with(|c| c.replace(Some(v == Variant::Direct)));
+    let prev = FORCE.with(|c| c.replace(Some(v)));
     let r = f();
     FORCE.with(|c| c.set(prev));
     r
@@ -135,27 +142,100 @@ fn gemm(
     ];
     let bias_t = bias.unwrap_or(gpu.dummy());
     let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
-    let direct = FORCE.with(|f| f.get()).unwrap_or(gpu.is_software());
-    if direct {
-        let grid = [params.n.div_ceil(32), params.m.div_ceil(32), 1];
-        gpu.launch(
+    let variant = FORCE.with(|f| f.get()).unwrap_or_else(|| {
+        if gpu.is_software() {
+            Variant::Direct
+        } else if params.m >= 256 && params.n >= 256 {
+            wide_plan(params.m, params.n, params.k)
+        } else {
+            Variant::Tiled
+        }
+    });
+    let grid = |tm: u32, tn: u32, z: u32| [params.n.div_ceil(tn), params.m.div_ceil(tm), z];
+    match variant {
+        Variant::Direct => gpu.launch(
             &shader!("matmul"),
             "matmul_forward_direct",
             &overrides,
             &params,
             &bindings,
-            grid,
-        );
-    } else {
-        let grid = [params.n.div_ceil(64), params.m.div_ceil(64), 1];
-        gpu.launch(
+            grid(32, 32, 1),
+        ),
+        Variant::Tiled => gpu.launch(
             &shader!("matmul"),
             "matmul_forward",
             &overrides,
             &params,
             &bindings,
-            grid,
-        );
+            grid(64, 64, 1),
+        ),
+        Variant::Wide { rm, rn, split_k } => {
+            assert!(matches!((rm, rn), (4 | 8, 4 | 8)) && split_k >= 1);
+            let mut ov = overrides.to_vec();
+            ov.extend([
+                ("RM", rm as f64),
+                ("RN", rn as f64),
+                ("SPLIT_K", split_k as f64),
+            ]);
+            // The split-K workspace; unsplit launches bind a small placeholder (not the shared
+            // dummy, which may already be bound read-only as the bias).
+            let ws_shape = match split_k {
+                1 => vec![4],
+                s => vec![s as usize, params.m as usize, params.n as usize],
+            };
+            let ws = gpu
+                .alloc(&ws_shape, crate::gpu::DType::F32)
+                .expect("matmul split-K workspace");
+            let mut b = bindings.to_vec();
+            b.push((5, &ws));
+            gpu.launch(
+                &shader!("matmul"),
+                "matmul_forward_wide",
+                &ov,
+                &params,
+                &b,
+                grid(16 * rm, 16 * rn, split_k),
+            );
+            if split_k > 1 {
+                gpu.launch(
+                    &shader!("matmul"),
+                    "matmul_split_reduce",
+                    &ov,
+                    &params,
+                    &[(3, bias_t), (4, c), (5, &ws)],
+                    [params.n.div_ceil(2).div_ceil(64), params.m, 1],
+                );
+            }
+        }
+    }
+}
+
+/// Workgroups a product should have to keep a large GPU busy (4 per multiprocessor of an
+/// H100; smaller GPUs are fuller still).
+const TARGET_WORKGROUPS: u32 = 512;
+
+/// The register-blocked variant for an (M, N, K) product: the largest tile that still gives
+/// enough workgroups, else 128×128 tiles with K split (each slice at least 256 long), else
+/// 64×64 tiles.
+pub fn wide_plan(m: u32, n: u32, k: u32) -> Variant {
+    let tiles = |rm: u32, rn: u32| m.div_ceil(16 * rm) * n.div_ceil(16 * rn);
+    for (rm, rn) in [(8, 8), (8, 4), (4, 8)] {
+        if tiles(rm, rn) >= TARGET_WORKGROUPS {
+            return Variant::Wide { rm, rn, split_k: 1 };
+        }
+    }
+    let split_k = TARGET_WORKGROUPS.div_ceil(tiles(8, 8)).min(k / 256);
+    if split_k >= 2 {
+        return Variant::Wide {
+            rm: 8,
+            rn: 8,
+            split_k,
+        };
+    }
+    Variant::Wide {
+        rm: 4,
+        rn: 4,
+        split_k: 1,
     }
 }
 
@@ -263,20 +343,37 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         b_sk: 0,
         b_sn: 0,
     };
+    let chunks = (m as u32).div_ceil(BIAS_CHUNK);
+    let ws = gpu
+        .alloc(&[chunks as usize, n], crate::gpu::DType::F32)
+        .expect("bias-gradient workspace");
     let overrides = [
         ("A_F16", dy.dtype.is_f16()),
         ("C_F16", db.dtype.is_f16()),
         ("ACCUM", if accum { 1.0 } else { 0.0 }),
+        ("BIAS_CHUNK", BIAS_CHUNK as f64),
     ];
+    let cols = (n as u32).div_ceil(2).div_ceil(64);
+    gpu.launch(
+        &shader!("matmul"),
+        "matmul_bias_partial",
+        &overrides,
+        &p,
+        &[(1, dy), (5, &ws)],
+        [cols, chunks, 1],
+    );
     gpu.launch(
         &shader!("matmul"),
         "matmul_bias_backward",
         &overrides,
         &p,
-        &[(1, dy), (4, db)],
-        [(n as u32).div_ceil(2).div_ceil(64), 1, 1],
+        &[(4, db), (5, &ws)],
+        [cols, 1, 1],
     );
 }
+
+/// Rows summed by one invocation of the bias gradient's first pass.
+const BIAS_CHUNK: u32 = 64;
 
 /// The classifier on the CLS token: `out (B, N) = act(x[:, 0, :] · wᵀ + bias)` for x (B, T, K),
 /// reading every T-th row without a gather.

@@ -128,6 +128,18 @@ pub fn kernel_rows(
         ms,
         gflop: 2.0 * (m * i * c) as f64 / 1e9,
     });
+    let w2 = rand(gpu, &[c, i], dt, 10)?;
+    let b2 = rand(gpu, &[c], dt, 11)?;
+    let y2 = gpu.alloc(&[m, c], dt)?;
+    let ms = time_ms(gpu, iters, || {
+        kernels::matmul::linear_forward(gpu, &y2, &h, &w2, Some(&b2), Act::None);
+        Ok(())
+    })?;
+    rows.push(Row {
+        name: format!("matmul fc2 fwd ({m}x{c}x{i})"),
+        ms,
+        gflop: 2.0 * (m * i * c) as f64 / 1e9,
+    });
     let dw = gpu.alloc(&[i, c], DType::F32)?;
     let ms = time_ms(gpu, iters, || {
         kernels::matmul::linear_backward_weight(gpu, &dw, &h, &x, false);

@@ -1,6 +1,5 @@
 //! Matmul family against CPU references on awkward shapes, and against PyTorch fixtures.
 
-
 use crate::common::*;
 use vitgpu::gpu::DType;
 use vitgpu::kernels::matmul::*;
@@ -16,6 +15,7 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
         (1, 3, 7, Act::Gelu),
         (65, 130, 17, Act::GeluTanh),
         (129, 66, 96, Act::Gelu),
+        (260, 140, 33, Act::None),
     ] {
         let x = rand_vec(m * k, 1, 1.0);
         let w = rand_vec(n * k, 2, 1.0);
@@ -128,8 +128,80 @@ fn linear_matches_pytorch_fixture() {
     check_fixture(g, &f, "matmul.db", &db, 1e-5, 1e-4);
 }
 
-// Every case runs with both kernels: the tiled one real GPUs use and the direct one software
-// adapters use, whichever adapter runs the tests.
+// Every case runs with all three kernels: the wide and tiled ones real GPUs use and the direct
+// one software adapters use, whichever adapter runs the tests.
+
+// The register-blocked kernel in each tile shape, and with the K range split (the awkward
+// shapes are too small for its automatic plan to pick these).
+const WIDE: [Variant; 4] = [
+    Variant::Wide {
+        rm: 8,
+        rn: 8,
+        split_k: 1,
+    },
+    Variant::Wide {
+        rm: 8,
+        rn: 4,
+        split_k: 2,
+    },
+    Variant::Wide {
+        rm: 4,
+        rn: 8,
+        split_k: 3,
+    },
+    Variant::Wide {
+        rm: 4,
+        rn: 4,
+        split_k: 1,
+    },
+];
+
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes_wide() {
+    for v in WIDE {
+        with_variant(v, linear_forward_matches_cpu_on_awkward_shapes);
+    }
+}
+
+#[test]
+fn linear_backward_matches_cpu_wide() {
+    for v in WIDE {
+        with_variant(v, linear_backward_matches_cpu);
+    }
+}
+
+#[test]
+fn linear_f16_storage_within_half_precision_wide() {
+    for v in WIDE {
+        with_variant(v, linear_f16_storage_within_half_precision);
+    }
+}
+
+#[test]
+fn linear_matches_pytorch_fixture_wide() {
+    for v in WIDE {
+        with_variant(v, linear_matches_pytorch_fixture);
+    }
+}
+
+#[test]
+fn wide_plan_fills_the_gpu_at_vit_base_shapes() {
+    // ViT-B/16, batch 32: M = 6304 tokens.
+    let fc1 = wide_plan(6304, 3072, 768);
+    assert_eq!(
+        fc1,
+        Variant::Wide {
+            rm: 8,
+            rn: 8,
+            split_k: 1
+        }
+    );
+    // fc1's weight gradient: 144 tiles of 128×128, so K (the tokens) is split.
+    let Variant::Wide { split_k, .. } = wide_plan(3072, 768, 6304) else {
+        panic!()
+    };
+    assert!(split_k >= 2);
+}
 
 #[test]
 fn linear_forward_matches_cpu_on_awkward_shapes_tiled() {
