@@ -45,11 +45,11 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
 /// All adapters in the order `--adapter INDEX` counts them (best first).
 pub fn list_adapters() -> Vec<wgpu::Adapter> {
     let enumerate = |backends: wgpu::Backends| {
-        let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
-            ..Default::default()
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let mut v: Vec<wgpu::Adapter> = instance.enumerate_adapters(backends).into_iter().collect();
+        let mut v: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(backends));
         v.retain(|a| {
             a.get_downlevel_capabilities()
                 .flags

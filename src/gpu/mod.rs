@@ -99,26 +99,25 @@ impl Gpu {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
         {
-            let cap = (mb << 20).min(limits.max_storage_buffer_binding_size as u64) as u32;
+            let cap = (mb << 20).min(limits.max_storage_buffer_binding_size);
             limits.max_storage_buffer_binding_size = cap;
         }
         let features =
             adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
-        let (device, queue) = pollster::block_on(adapter.request_device(
-            &wgpu::DeviceDescriptor {
-                label: Some("vitgpu"),
-                required_features: features,
-                required_limits: limits.clone(),
-                memory_hints: wgpu::MemoryHints::Performance,
-            },
-            None,
-        ))
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vitgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
         .map_err(|e| {
             anyhow::anyhow!("could not open GPU device on adapter '{}': {e}", info.name)
         })?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
-        device.on_uncaptured_error(Box::new(move |e| {
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap().push(e.to_string());
         }));
         let params_buf = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
@@ -204,8 +203,6 @@ impl Gpu {
                     source: wgpu::ShaderSource::Wgsl(shader.source.into()),
                 })
         });
-        let constants: HashMap<String, f64> =
-            overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let p = Arc::new(
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -214,7 +211,7 @@ impl Gpu {
                     module,
                     entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
+                        constants: overrides,
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
@@ -307,7 +304,9 @@ impl Gpu {
     /// Waits for the GPU and reports any validation / out-of-memory error since the last check.
     pub fn sync(&self) -> Result<()> {
         self.flush();
-        self.device.poll(wgpu::Maintain::Wait);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
         self.check_errors()
     }
 
@@ -374,7 +373,7 @@ impl Gpu {
             self.with_encoder(|e| e.clear_buffer(&buffer, 0, None));
             return Ok(self.pooled(buffer, shape, dtype));
         }
-        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
@@ -383,7 +382,7 @@ impl Gpu {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        if let Some(e) = pollster::block_on(self.device.pop_error_scope()) {
+        if let Some(e) = pollster::block_on(scope.pop()) {
             bail!(
                 "the GPU ran out of memory allocating a {shape:?} tensor ({:.1} MiB): use a smaller --batch-size (or --grad-accum)\n{e}",
                 bytes as f64 / 1048576.0
@@ -489,11 +488,16 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device.poll(wgpu::Maintain::Wait);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
         self.check_errors()?;
         rx.recv()?
             .map_err(|e| anyhow::anyhow!("reading back from the GPU failed: {e}"))?;
-        let out = slice.get_mapped_range().to_vec();
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow::anyhow!("reading back from the GPU failed: {e}"))?
+            .to_vec();
         staging.unmap();
         Ok(out)
     }
