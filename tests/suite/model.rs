@@ -2,7 +2,6 @@
 //! hidden states and logits, interpolated resolutions, f16/bf16/sharded/timm/backbone
 //! checkpoints, f16 storage, and real photos through our preprocessing.
 
-
 use crate::common::*;
 use vitgpu::checkpoint;
 use vitgpu::gpu::DType;

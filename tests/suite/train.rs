@@ -1,7 +1,6 @@
 //! Training against PyTorch: whole-model gradients, and `vitgpu finetune` (full and head-only)
 //! against a plain torch.optim.AdamW loop on the same checkpoint and batches.
 
-
 use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
