@@ -6,10 +6,12 @@
 //! [`Gpu::flush`] (readbacks flush first), so a forward pass is a single submit.
 
 mod adapter;
+mod shader;
 mod tensor;
 mod timer;
 
 pub use adapter::{list_adapters, AdapterChoice};
+pub use shader::{expand, Reflection, Shader};
 pub use tensor::{DType, GpuTensor};
 pub use timer::GpuTimer;
 
@@ -17,30 +19,6 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
-
-/// A WGSL source file: one kernel family, forward and backward entry points together.
-pub struct Shader {
-    pub name: &'static str,
-    pub source: &'static str,
-}
-
-#[macro_export]
-macro_rules! shader {
-    ($name:literal) => {
-        $crate::gpu::Shader {
-            name: $name,
-            source: concat!(
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/",
-                    $name,
-                    ".wgsl"
-                ))
-            ),
-        }
-    };
-}
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
@@ -55,13 +33,30 @@ struct Recorder {
     launches: u64,
 }
 
+impl Recorder {
+    /// The open command encoder, created on first use after a submit.
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vitgpu"),
+            })
+        })
+    }
+}
+
+/// A kernel family's compiled module and what naga reads from its source.
+struct Family {
+    module: wgpu::ShaderModule,
+    reflection: Reflection,
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<&'static str, Result<Arc<Family>, String>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     rec: Mutex<Recorder>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -173,55 +168,72 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    pub fn has_f16(&self) -> bool {
-        self.features.contains(wgpu::Features::SHADER_F16)
-    }
-
     pub(crate) fn dummy(&self) -> &GpuTensor {
         &self.dummy
     }
 
+    /// The family's module and reflection, expanded, checked and compiled once per process.
+    fn family(&self, shader: &Shader) -> Result<Arc<Family>, String> {
+        let mut modules = self.modules.lock().unwrap();
+        modules
+            .entry(shader.name)
+            .or_insert_with(|| {
+                let wgsl = shader::expand(shader.source)?;
+                let reflection = Reflection::of(&wgsl)?;
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                    });
+                Ok(Arc::new(Family { module, reflection }))
+            })
+            .clone()
+    }
+
+    /// The pipeline of one entry point with its override values, after checking the launch's
+    /// params size, storage bindings and override names against the shader.
     fn pipeline(
         &self,
         shader: &Shader,
         entry: &'static str,
         overrides: &[(&'static str, f64)],
-    ) -> Arc<wgpu::ComputePipeline> {
+        params_size: usize,
+        bindings: &[u32],
+    ) -> Result<Arc<wgpu::ComputePipeline>, String> {
+        let family = self.family(shader)?;
+        family
+            .reflection
+            .check(entry, params_size, bindings, overrides)?;
         let key: PipelineKey = (
             shader.name,
             entry,
             overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
         );
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return p.clone();
-        }
-        let mut modules = self.modules.lock().unwrap();
-        let module = modules.entry(shader.name).or_insert_with(|| {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-                })
+        let mut pipelines = self.pipelines.lock().unwrap();
+        let p = pipelines.entry(key).or_insert_with(|| {
+            Arc::new(
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: None,
+                        module: &family.module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: overrides,
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    }),
+            )
         });
-        let p = Arc::new(
-            self.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: None,
-                    module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: overrides,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                }),
-        );
-        self.pipelines.lock().unwrap().insert(key, p.clone());
-        p
+        Ok(p.clone())
     }
 
     /// Records one dispatch: `params` at binding 0, then `(binding, tensor)` storage bindings.
+    ///
+    /// A launch that does not match the shader (params size, bindings, override names) is not
+    /// recorded; the next [`Gpu::sync`] or read returns the error, naming the kernel.
     pub fn launch<P: bytemuck::Pod>(
         &self,
         shader: &Shader,
@@ -236,10 +248,22 @@ impl Gpu {
             workgroups.iter().all(|&w| w <= max),
             "{entry}: dispatch {workgroups:?} exceeds the adapter's {max} workgroups per dimension"
         );
+        let bindings: Vec<u32> = tensors.iter().map(|(b, _)| *b).collect();
+        let size = std::mem::size_of::<P>();
+        let pipeline = match self.pipeline(shader, entry, overrides, size, &bindings) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("kernel {}/{entry}: {e}", shader.name);
+                let mut errs = self.errors.lock().unwrap();
+                if !errs.contains(&msg) {
+                    errs.push(msg);
+                }
+                return;
+            }
+        };
         if workgroups.contains(&0) {
             return;
         }
-        let pipeline = self.pipeline(shader, entry, overrides);
         let mut rec = self.rec.lock().unwrap();
         if rec.launches == PARAM_SLOTS {
             self.submit_locked(&mut rec);
@@ -267,16 +291,12 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let device = &self.device;
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("vitgpu"),
-            })
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(entry),
-            timestamp_writes: None,
-        });
+        let mut pass = rec
+            .encoder(&self.device)
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
@@ -343,14 +363,7 @@ impl Gpu {
 
     /// Runs `f` on the open command encoder (creating it if needed).
     pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut rec = self.rec.lock().unwrap();
-        let device = &self.device;
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("vitgpu"),
-            })
-        });
-        f(encoder)
+        f(self.rec.lock().unwrap().encoder(&self.device))
     }
 
     /// Records a fill with zeros.
@@ -401,8 +414,10 @@ impl Gpu {
     }
 
     fn check_size(&self, shape: &[usize], bytes: u64) -> Result<()> {
-        let lim =
-            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let lim = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if bytes > lim {
             bail!(
                 "a {shape:?} tensor needs {:.1} MiB, more than this adapter allows in one buffer ({:.1} MiB): use a smaller --batch-size (or --grad-accum to keep the effective batch)",
@@ -474,13 +489,8 @@ impl Gpu {
         });
         {
             let mut rec = self.rec.lock().unwrap();
-            let device = &self.device;
-            let encoder = rec.encoder.get_or_insert_with(|| {
-                device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("vitgpu"),
-                })
-            });
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+            rec.encoder(&self.device)
+                .copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
             self.submit_locked(&mut rec);
         }
         let slice = staging.slice(..);

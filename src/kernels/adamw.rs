@@ -1,7 +1,7 @@
 //! AdamW family (`shaders/adamw.wgsl`): the fused optimizer step over one flat parameter
 //! buffer, the gradient sum of squares (clipping, inf/NaN check) and the f16 weight copy.
 
-use super::grid_1d;
+use super::common::grid;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use anyhow::Result;
@@ -80,7 +80,7 @@ pub fn adamw_step(
         &[("WG", WG as f64)],
         &p,
         &[(1, params), (2, grads), (3, m), (4, v)],
-        grid_1d(n as u32, WG),
+        grid((n as u32).div_ceil(WG)),
     );
 }
 
@@ -116,7 +116,7 @@ pub fn cast_f16(gpu: &Gpu, half: &GpuTensor, params: &GpuTensor) {
         &[("WG", WG as f64)],
         &p,
         &[(1, params), (6, half)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 
