@@ -5,9 +5,12 @@ use anyhow::{bail, Result};
 /// Which adapter to open: the best one, or one named by index or (part of) its name.
 #[derive(Clone, Debug, Default)]
 pub enum AdapterChoice {
+    /// The first of [`list_adapters`]: discrete > integrated > software.
     #[default]
     Best,
+    /// The adapter at this index of [`list_adapters`].
     Index(usize),
+    /// The first adapter whose name contains this (case-insensitive).
     Name(String),
 }
 

@@ -4,6 +4,7 @@
 //! storage buffers after it, pipelines cached by (shader, entry point, overrides).
 //! Dispatches are recorded into one open command encoder and submitted on
 //! [`Gpu::flush`] (readbacks flush first), so a forward pass is a single submit.
+#![warn(missing_docs)]
 
 mod adapter;
 mod shader;
@@ -50,11 +51,17 @@ struct Family {
     reflection: Reflection,
 }
 
+/// One opened adapter: device, queue, and the recorder every kernel launch goes through.
 pub struct Gpu {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
+    /// Name, backend, driver and type of the adapter.
     pub info: wgpu::AdapterInfo,
+    /// The limits the device was opened with (VITGPU_MAX_BINDING_MB applied).
     pub limits: wgpu::Limits,
+    /// Optional features enabled on the device (f16 shaders, timestamp queries).
     pub features: wgpu::Features,
     modules: Mutex<HashMap<&'static str, Result<Arc<Family>, String>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
@@ -330,6 +337,7 @@ impl Gpu {
         self.check_errors()
     }
 
+    /// Returns (and clears) any GPU error reported since the last check, without waiting.
     pub fn check_errors(&self) -> Result<()> {
         let mut errs = self.errors.lock().unwrap();
         if errs.is_empty() {
@@ -458,6 +466,7 @@ impl Gpu {
             .write_buffer(&t.buffer, t.offset, &tensor::encode(data, t.dtype));
     }
 
+    /// Uploads u32 data (labels) as a U32 tensor.
     pub fn upload_u32(&self, data: &[u32]) -> GpuTensor {
         let mut v = data.to_vec();
         // Same minimum size as every other tensor (see tensor::byte_size).
@@ -480,6 +489,7 @@ impl Gpu {
         Ok(tensor::decode(&raw, t.numel(), t.dtype))
     }
 
+    /// Reads `size` bytes of `buffer` from `offset` back to the host (flushes and waits).
     pub fn read_raw(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),

@@ -13,14 +13,14 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in attention.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct AttentionParams {
-    pub batch: u32,
-    pub t: u32,
-    pub heads: u32,
+struct AttentionParams {
+    batch: u32,
+    t: u32,
+    heads: u32,
     /// B·H
-    pub bh: u32,
-    pub scale: f32,
-    pub _pad: [u32; 3],
+    bh: u32,
+    scale: f32,
+    _pad: [u32; 3],
 }
 
 /// Largest supported head dim (the size of the per-thread row arrays in the shader).

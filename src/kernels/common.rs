@@ -78,16 +78,15 @@ pub fn erf(x: f64) -> f64 {
 /// `Params` of the elementwise shaders (gelu.wgsl, residual.wgsl): the element count.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ElementwiseParams {
-    /// Number of elements.
-    pub n: u32,
-    /// Uniform structs are padded to 16 bytes.
-    pub _pad: [u32; 3],
+pub(crate) struct ElementwiseParams {
+    n: u32,
+    // Uniform structs are padded to 16 bytes.
+    _pad: [u32; 3],
 }
 
 impl ElementwiseParams {
     /// Params for `n` elements.
-    pub fn new(n: usize) -> ElementwiseParams {
+    pub(crate) fn new(n: usize) -> ElementwiseParams {
         ElementwiseParams {
             n: n as u32,
             _pad: [0; 3],

@@ -9,15 +9,15 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in embed.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct EmbedParams {
-    pub batch: u32,
-    pub chans: u32,
-    pub height: u32,
-    pub width: u32,
-    pub psize: u32,
-    pub grid_h: u32,
-    pub grid_w: u32,
-    pub hidden: u32,
+struct EmbedParams {
+    batch: u32,
+    chans: u32,
+    height: u32,
+    width: u32,
+    psize: u32,
+    grid_h: u32,
+    grid_w: u32,
+    hidden: u32,
 }
 
 const WG: u32 = 256;

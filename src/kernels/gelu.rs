@@ -7,6 +7,7 @@ use crate::shader;
 
 const WG: u32 = 256;
 
+/// `out = act(inp)`.
 pub fn gelu_forward(gpu: &Gpu, out: &GpuTensor, inp: &GpuTensor, act: Act) {
     assert_eq!(out.numel(), inp.numel());
     let n = inp.numel() as u32;
@@ -57,10 +58,12 @@ pub fn gelu_backward(
     );
 }
 
+/// CPU reference of [`gelu_forward`].
 pub fn gelu_forward_cpu(x: &[f32], act: Act) -> Vec<f32> {
     x.iter().map(|&v| act.apply(v)).collect()
 }
 
+/// CPU reference of [`gelu_backward`] (without accumulation).
 pub fn gelu_backward_cpu(dy: &[f32], x: &[f32], act: Act) -> Vec<f32> {
     x.iter().zip(dy).map(|(&v, &g)| g * act.grad(v)).collect()
 }

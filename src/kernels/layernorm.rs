@@ -8,11 +8,11 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in layernorm.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LayerNormParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub eps: f32,
-    pub _pad: u32,
+struct LayerNormParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 const WG: u32 = 128;

@@ -9,15 +9,15 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in matmul.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct MatmulParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub c_sm: u32,
-    pub a_sm: u32,
-    pub a_sk: u32,
-    pub b_sk: u32,
-    pub b_sn: u32,
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    c_sm: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_sk: u32,
+    b_sn: u32,
 }
 
 thread_local! {
@@ -28,7 +28,9 @@ thread_local! {
 /// direct one (software adapters). Chosen by adapter type unless overridden here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// 64×64 tiles staged in workgroup memory.
     Tiled,
+    /// No workgroup memory or barriers.
     Direct,
 }
 

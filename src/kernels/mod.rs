@@ -2,6 +2,7 @@
 //!
 //! Outputs come first, gradients are named `d*`; the model, tape, tests and benches call
 //! only these functions.
+#![warn(missing_docs)]
 
 pub mod adamw;
 pub mod attention;
