@@ -23,20 +23,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> QKV: array<u32>;
-@group(0) @binding(2) var<storage, read_write> OUT: array<u32>;
+#tensor(1, QKV, read, QKV_F16)
+#tensor(2, OUT, read_write, OUT_F16)
 @group(0) @binding(3) var<storage, read_write> LSE: array<f32>;
-@group(0) @binding(4) var<storage, read> DOUT: array<u32>;
-@group(0) @binding(5) var<storage, read> OUT_IN: array<u32>;
+#tensor(4, DOUT, read, DOUT_F16)
+// The forward's output, read by the backward.
+#tensor(5, OUT_IN, read, OUT_F16)
 @group(0) @binding(6) var<storage, read> LSE_IN: array<f32>;
 @group(0) @binding(7) var<storage, read_write> DELTA: array<f32>;
 @group(0) @binding(8) var<storage, read> DELTA_IN: array<f32>;
-@group(0) @binding(9) var<storage, read_write> DQKV: array<u32>;
+#tensor(9, DQKV, read_write, DQKV_F16)
 
-override QKV_F16: bool = false;
-override OUT_F16: bool = false;
-override DOUT_F16: bool = false;
-override DQKV_F16: bool = false;
 // Head dim (even, ≤ D_MAX); an override so that the per-row loops have constant trip counts.
 override HD: u32 = 64u;
 // Rows (queries or keys) per workgroup, one per thread.
@@ -51,66 +48,13 @@ const KT: u32 = 16u;
 // Very negative but finite, so that exp(m_old − m_new) is 0 rather than NaN on the first tile.
 const NEG_BIG: f32 = -3.0e38;
 
-// Rows are stored as HQ quads, which quarters the inner loop trip counts.
+// Rows are stored as HQ quads, which quarters the inner loop trip counts; `ld4_*(row, d, HD)`
+// loads quad d of the row at element `row` (see gpu/shader.rs).
 var<workgroup> TILE_A: array<vec4<f32>, 512>; // [KT][HQ]: K (forward, dq) or scaled q (dkdv)
 var<workgroup> TILE_B: array<vec4<f32>, 512>; // [KT][HQ]: V (forward, dq) or dout (dkdv)
 var<workgroup> ROW_A: array<f32, 16>; // [KT] lse (dkdv)
 var<workgroup> ROW_B: array<f32, 16>; // [KT] delta (dkdv)
 
-// Pair loads at an even element index i.
-fn ld2_qkv(i: u32) -> vec2<f32> {
-    if (QKV_F16) { return unpack2x16float(QKV[i >> 1u]); }
-    return vec2<f32>(bitcast<f32>(QKV[i]), bitcast<f32>(QKV[i + 1u]));
-}
-fn ld2_dout(i: u32) -> vec2<f32> {
-    if (DOUT_F16) { return unpack2x16float(DOUT[i >> 1u]); }
-    return vec2<f32>(bitcast<f32>(DOUT[i]), bitcast<f32>(DOUT[i + 1u]));
-}
-fn ld2_out(i: u32) -> vec2<f32> {
-    if (OUT_F16) { return unpack2x16float(OUT_IN[i >> 1u]); }
-    return vec2<f32>(bitcast<f32>(OUT_IN[i]), bitcast<f32>(OUT_IN[i + 1u]));
-}
-// Quad d of a row starting at element i (even): zero-padded past HD.
-fn ld4_qkv(i: u32, d: u32) -> vec4<f32> {
-    let e = i + 4u * d;
-    var hi = vec2<f32>(0.0);
-    if (4u * d + 2u < HD) { hi = ld2_qkv(e + 2u); }
-    return vec4<f32>(ld2_qkv(e), hi);
-}
-fn ld4_dout(i: u32, d: u32) -> vec4<f32> {
-    let e = i + 4u * d;
-    var hi = vec2<f32>(0.0);
-    if (4u * d + 2u < HD) { hi = ld2_dout(e + 2u); }
-    return vec4<f32>(ld2_dout(e), hi);
-}
-fn ld4_out(i: u32, d: u32) -> vec4<f32> {
-    let e = i + 4u * d;
-    var hi = vec2<f32>(0.0);
-    if (4u * d + 2u < HD) { hi = ld2_out(e + 2u); }
-    return vec4<f32>(ld2_out(e), hi);
-}
-// Pair stores at an even element index i (whole words when f16).
-fn st2_out(i: u32, v: vec2<f32>) {
-    if (OUT_F16) { OUT[i >> 1u] = pack2x16float(v); } else {
-        OUT[i] = bitcast<u32>(v.x);
-        OUT[i + 1u] = bitcast<u32>(v.y);
-    }
-}
-fn st2_dqkv(i: u32, v: vec2<f32>) {
-    if (DQKV_F16) { DQKV[i >> 1u] = pack2x16float(v); } else {
-        DQKV[i] = bitcast<u32>(v.x);
-        DQKV[i + 1u] = bitcast<u32>(v.y);
-    }
-}
-// Quad stores of quad d of a row starting at element i, dropping the padding.
-fn st4_out(i: u32, d: u32, v: vec4<f32>) {
-    st2_out(i + 4u * d, v.xy);
-    if (4u * d + 2u < HD) { st2_out(i + 4u * d + 2u, v.zw); }
-}
-fn st4_dqkv(i: u32, d: u32, v: vec4<f32>) {
-    st2_dqkv(i + 4u * d, v.xy);
-    if (4u * d + 2u < HD) { st2_dqkv(i + 4u * d + 2u, v.zw); }
-}
 fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
@@ -141,8 +85,8 @@ fn stage_kv(b: u32, h: u32, k0: u32, lid: u32) {
         var kv = vec4<f32>(0.0);
         var vv = vec4<f32>(0.0);
         if (key < p.t) {
-            kv = ld4_qkv(qkv_index(b, key, h, 1u), d);
-            vv = ld4_qkv(qkv_index(b, key, h, 2u), d);
+            kv = ld4_qkv(qkv_index(b, key, h, 1u), d, HD);
+            vv = ld4_qkv(qkv_index(b, key, h, 2u), d, HD);
         }
         TILE_A[e] = kv;
         TILE_B[e] = vv;
@@ -165,7 +109,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     var acc: array<vec4<f32>, Q_MAX>;
     let qi = qkv_index(b, ii, h, 0u);
     for (var d = 0u; d < HQ; d++) {
-        q[d] = ld4_qkv(qi, d) * p.scale;
+        q[d] = ld4_qkv(qi, d, HD) * p.scale;
         acc[d] = vec4<f32>(0.0);
     }
     var m = NEG_BIG;
@@ -197,7 +141,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (i < p.t) {
         let inv = 1.0 / l;
         let oi = out_index(b, i, h);
-        for (var d = 0u; d < HQ; d++) { st4_out(oi, d, acc[d] * inv); }
+        for (var d = 0u; d < HQ; d++) { st4_out(oi, d, HD, acc[d] * inv); }
         LSE[bh * p.t + i] = m + log(l);
     }
 }
@@ -222,10 +166,10 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let oi = out_index(b, ii, h);
     var delta4 = vec4<f32>(0.0);
     for (var d = 0u; d < HQ; d++) {
-        q[d] = ld4_qkv(qi, d) * p.scale;
-        dout[d] = ld4_dout(oi, d);
+        q[d] = ld4_qkv(qi, d, HD) * p.scale;
+        dout[d] = ld4_dout(oi, d, HD);
         dq[d] = vec4<f32>(0.0);
-        delta4 = fma(dout[d], ld4_out(oi, d), delta4);
+        delta4 = fma(dout[d], ld4_out_in(oi, d, HD), delta4);
     }
     let delta = hsum(delta4);
     let lse = LSE_IN[bh * p.t + ii];
@@ -248,7 +192,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     if (i < p.t) {
         DELTA[bh * p.t + i] = delta;
         let gi = qkv_index(b, i, h, 0u);
-        for (var d = 0u; d < HQ; d++) { st4_dqkv(gi, d, dq[d] * p.scale); }
+        for (var d = 0u; d < HQ; d++) { st4_dqkv(gi, d, HD, dq[d] * p.scale); }
     }
 }
 
@@ -271,8 +215,8 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     let ki = qkv_index(b, jj, h, 1u);
     let vi = qkv_index(b, jj, h, 2u);
     for (var d = 0u; d < HQ; d++) {
-        k[d] = ld4_qkv(ki, d);
-        v[d] = ld4_qkv(vi, d);
+        k[d] = ld4_qkv(ki, d, HD);
+        v[d] = ld4_qkv(vi, d, HD);
         dk[d] = vec4<f32>(0.0);
         dv[d] = vec4<f32>(0.0);
     }
@@ -286,8 +230,8 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             var qv = vec4<f32>(0.0);
             var gv = vec4<f32>(0.0);
             if (qr < p.t) {
-                qv = ld4_qkv(qkv_index(b, qr, h, 0u), d) * p.scale;
-                gv = ld4_dout(out_index(b, qr, h), d);
+                qv = ld4_qkv(qkv_index(b, qr, h, 0u), d, HD) * p.scale;
+                gv = ld4_dout(out_index(b, qr, h), d, HD);
             }
             TILE_A[e] = qv;
             TILE_B[e] = gv;
@@ -318,8 +262,8 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
         let gk = qkv_index(b, j, h, 1u);
         let gv = qkv_index(b, j, h, 2u);
         for (var d = 0u; d < HQ; d++) {
-            st4_dqkv(gk, d, dk[d]);
-            st4_dqkv(gv, d, dv[d]);
+            st4_dqkv(gk, d, HD, dk[d]);
+            st4_dqkv(gv, d, HD, dv[d]);
         }
     }
 }

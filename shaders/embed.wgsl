@@ -14,30 +14,20 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> PIX: array<u32>;
-@group(0) @binding(2) var<storage, read_write> COLS: array<u32>;
-@group(0) @binding(3) var<storage, read> PATCHES: array<u32>;
-@group(0) @binding(4) var<storage, read> CLS: array<u32>;
-@group(0) @binding(5) var<storage, read> POS: array<u32>;
-@group(0) @binding(6) var<storage, read_write> OUT: array<u32>;
-@group(0) @binding(7) var<storage, read> DOUT: array<u32>;
-@group(0) @binding(8) var<storage, read_write> DPATCHES: array<u32>;
-@group(0) @binding(9) var<storage, read_write> DCLS: array<u32>;
-@group(0) @binding(10) var<storage, read_write> DPOS: array<u32>;
+// Pixels are always f32; the CLS and position embeddings share W_F16, their gradients DW_F16.
+@group(0) @binding(1) var<storage, read> PIX: array<f32>;
+#tensor(2, COLS, read_write, COLS_F16)
+#tensor(3, PATCHES, read, PATCHES_F16)
+#tensor(4, CLS, read, W_F16)
+#tensor(5, POS, read, W_F16)
+#tensor(6, OUT, read_write, OUT_F16)
+#tensor(7, DOUT, read, DOUT_F16)
+#tensor(8, DPATCHES, read_write, DPATCHES_F16)
+#tensor(9, DCLS, read_write, DW_F16)
+#tensor(10, DPOS, read_write, DW_F16)
 
-override COLS_F16: bool = false;
-override PATCHES_F16: bool = false;
-override W_F16: bool = false;      // CLS and POS
-override OUT_F16: bool = false;
-override DOUT_F16: bool = false;
-override DPATCHES_F16: bool = false;
-override DW_F16: bool = false;     // DCLS and DPOS
 override ACCUM: bool = false;
 override WG: u32 = 256u;
-
-fn pack_or_f32(v0: f32, v1: f32) -> vec2<u32> {
-    return vec2<u32>(bitcast<u32>(v0), bitcast<u32>(v1));
-}
 
 // cols[(b·Np + py·gw + px), (c·P + ky)·P + kx] = pix[b, c, py·P + ky, px·P + kx]; pixels are f32.
 @compute @workgroup_size(WG)
@@ -61,38 +51,10 @@ fn patch_im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             let kx = col % p.psize;
             let y = py * p.psize + ky;
             let x = px * p.psize + kx;
-            v[j] = bitcast<f32>(PIX[((b * p.chans + c) * p.height + y) * p.width + x]);
+            v[j] = PIX[((b * p.chans + c) * p.height + y) * p.width + x];
         }
     }
-    if (COLS_F16) { COLS[i >> 1u] = pack2x16float(vec2<f32>(v[0], v[1])); } else {
-        COLS[i] = bitcast<u32>(v[0]);
-        if (i + 1u < n) { COLS[i + 1u] = bitcast<u32>(v[1]); }
-    }
-}
-
-fn ld_patches(i: u32) -> f32 {
-    if (PATCHES_F16) { return f16_at(PATCHES[i >> 1u], i); }
-    return bitcast<f32>(PATCHES[i]);
-}
-fn ld_cls(i: u32) -> f32 {
-    if (W_F16) { return f16_at(CLS[i >> 1u], i); }
-    return bitcast<f32>(CLS[i]);
-}
-fn ld_pos(i: u32) -> f32 {
-    if (W_F16) { return f16_at(POS[i >> 1u], i); }
-    return bitcast<f32>(POS[i]);
-}
-fn ld_dout(i: u32) -> f32 {
-    if (DOUT_F16) { return f16_at(DOUT[i >> 1u], i); }
-    return bitcast<f32>(DOUT[i]);
-}
-fn ld_dcls(i: u32) -> f32 {
-    if (DW_F16) { return f16_at(DCLS[i >> 1u], i); }
-    return bitcast<f32>(DCLS[i]);
-}
-fn ld_dpos(i: u32) -> f32 {
-    if (DW_F16) { return f16_at(DPOS[i >> 1u], i); }
-    return bitcast<f32>(DPOS[i]);
+    st_cols(i, v[0], v[1], i + 1u < n);
 }
 
 // out[b, t, :] = (t == 0 ? cls : patches[b, t − 1, :]) + pos[t, :]; hidden is even.
@@ -111,10 +73,7 @@ fn embed_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         if (t == 0u) { x = ld_cls(c + j); } else { x = ld_patches((b * (tokens - 1u) + t - 1u) * p.hidden + c + j); }
         v[j] = x + ld_pos(t * p.hidden + c + j);
     }
-    if (OUT_F16) { OUT[i >> 1u] = pack2x16float(vec2<f32>(v[0], v[1])); } else {
-        OUT[i] = bitcast<u32>(v[0]);
-        OUT[i + 1u] = bitcast<u32>(v[1]);
-    }
+    st_out(i, v[0], v[1], true);
 }
 
 // dpatches[b, t − 1, :] = dout[b, t, :] for t ≥ 1.
@@ -128,12 +87,7 @@ fn embed_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let pi = (i / p.hidden) % np;
     let b = i / (p.hidden * np);
     let src = (b * (np + 1u) + pi + 1u) * p.hidden + c;
-    let v0 = ld_dout(src);
-    let v1 = ld_dout(src + 1u);
-    if (DPATCHES_F16) { DPATCHES[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
-        DPATCHES[i] = bitcast<u32>(v0);
-        DPATCHES[i + 1u] = bitcast<u32>(v1);
-    }
+    st2_dpatches(i, ld2_dout(src));
 }
 
 // dpos[t, c] (+)= Σ_b dout[b, t, c]; dcls[c] (+)= Σ_b dout[b, 0, c]. One thread per (t, c pair).
@@ -154,17 +108,11 @@ fn embed_backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     var d0 = s0;
     var d1 = s1;
     if (ACCUM) { d0 += ld_dpos(i); d1 += ld_dpos(i + 1u); }
-    if (DW_F16) { DPOS[i >> 1u] = pack2x16float(vec2<f32>(d0, d1)); } else {
-        DPOS[i] = bitcast<u32>(d0);
-        DPOS[i + 1u] = bitcast<u32>(d1);
-    }
+    st_dpos(i, d0, d1, true);
     if (t == 0u) {
         var c0 = s0;
         var c1 = s1;
         if (ACCUM) { c0 += ld_dcls(c); c1 += ld_dcls(c + 1u); }
-        if (DW_F16) { DCLS[c >> 1u] = pack2x16float(vec2<f32>(c0, c1)); } else {
-            DCLS[c] = bitcast<u32>(c0);
-            DCLS[c + 1u] = bitcast<u32>(c1);
-        }
+        st_dcls(c, c0, c1, true);
     }
 }

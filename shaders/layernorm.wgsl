@@ -9,79 +9,20 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> X: array<u32>;
-@group(0) @binding(2) var<storage, read> W: array<u32>;
-@group(0) @binding(3) var<storage, read> B: array<u32>;
-@group(0) @binding(4) var<storage, read_write> Y: array<u32>;
+// Pair stores start at an even index whenever the tensor is f16 (even row length is required).
+#tensor(1, X, read, X_F16)
+#tensor(2, W, read, W_F16)
+#tensor(3, B, read, W_F16)
+#tensor(4, Y, read_write, Y_F16)
 @group(0) @binding(5) var<storage, read_write> MEAN: array<f32>;
 @group(0) @binding(6) var<storage, read_write> RSTD: array<f32>;
-@group(0) @binding(7) var<storage, read> DY: array<u32>;
-@group(0) @binding(8) var<storage, read_write> DX: array<u32>;
-@group(0) @binding(9) var<storage, read_write> DW: array<u32>;
-@group(0) @binding(10) var<storage, read_write> DB: array<u32>;
+#tensor(7, DY, read, DY_F16)
+#tensor(8, DX, read_write, DX_F16)
+#tensor(9, DW, read_write, DW_F16)
+#tensor(10, DB, read_write, DW_F16)
 
-override X_F16: bool = false;
-override W_F16: bool = false;
-override Y_F16: bool = false;
-override DY_F16: bool = false;
-override DX_F16: bool = false;
-override DW_F16: bool = false;
 override ACCUM: bool = false;
 override WG: u32 = 128u;
-
-fn ld_x(i: u32) -> f32 {
-    if (X_F16) { return f16_at(X[i >> 1u], i); }
-    return bitcast<f32>(X[i]);
-}
-fn ld_w(i: u32) -> f32 {
-    if (W_F16) { return f16_at(W[i >> 1u], i); }
-    return bitcast<f32>(W[i]);
-}
-fn ld_b(i: u32) -> f32 {
-    if (W_F16) { return f16_at(B[i >> 1u], i); }
-    return bitcast<f32>(B[i]);
-}
-fn ld_dy(i: u32) -> f32 {
-    if (DY_F16) { return f16_at(DY[i >> 1u], i); }
-    return bitcast<f32>(DY[i]);
-}
-fn ld_dx(i: u32) -> f32 {
-    if (DX_F16) { return f16_at(DX[i >> 1u], i); }
-    return bitcast<f32>(DX[i]);
-}
-fn ld_dw(i: u32) -> f32 {
-    if (DW_F16) { return f16_at(DW[i >> 1u], i); }
-    return bitcast<f32>(DW[i]);
-}
-fn ld_db(i: u32) -> f32 {
-    if (DW_F16) { return f16_at(DB[i >> 1u], i); }
-    return bitcast<f32>(DB[i]);
-}
-// Pair stores: i is even whenever the tensor is f16 (even row length is required).
-fn st_y(i: u32, v0: f32, v1: f32, has1: bool) {
-    if (Y_F16) { Y[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
-        Y[i] = bitcast<u32>(v0);
-        if (has1) { Y[i + 1u] = bitcast<u32>(v1); }
-    }
-}
-fn st_dx(i: u32, v0: f32, v1: f32, has1: bool) {
-    if (DX_F16) { DX[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
-        DX[i] = bitcast<u32>(v0);
-        if (has1) { DX[i + 1u] = bitcast<u32>(v1); }
-    }
-}
-fn st_dw(i: u32, v0: f32, v1: f32, has1: bool) {
-    if (DW_F16) { DW[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
-        DW[i] = bitcast<u32>(v0);
-        if (has1) { DW[i + 1u] = bitcast<u32>(v1); }
-    }
-}
-fn st_db(i: u32, v0: f32, v1: f32, has1: bool) {
-    if (DW_F16) { DB[i >> 1u] = pack2x16float(vec2<f32>(v0, v1)); } else {
-        DB[i] = bitcast<u32>(v0);
-        if (has1) { DB[i + 1u] = bitcast<u32>(v1); }
-    }
-}
 
 var<workgroup> red: array<f32, 256>;
 

@@ -15,46 +15,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> B: array<u32>;
-@group(0) @binding(3) var<storage, read> BIAS: array<u32>;
-@group(0) @binding(4) var<storage, read_write> C: array<u32>;
+#tensor(1, A, read, A_F16)
+#tensor(2, B, read, B_F16)
+#tensor(3, BIAS, read, BIAS_F16)
+// Pair stores to C start at an even index when C is f16 (the launcher requires an even N).
+#tensor(4, C, read_write, C_F16)
 
-override A_F16: bool = false;
-override B_F16: bool = false;
-override BIAS_F16: bool = false;
-override C_F16: bool = false;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;
 // Add the product to what C already holds (gradient accumulation).
 override ACCUM: bool = false;
 override WG_COLS: u32 = 64u;
-
-fn ld_a(i: u32) -> f32 {
-    if (A_F16) { return f16_at(A[i >> 1u], i); }
-    return bitcast<f32>(A[i]);
-}
-fn ld_b(i: u32) -> f32 {
-    if (B_F16) { return f16_at(B[i >> 1u], i); }
-    return bitcast<f32>(B[i]);
-}
-fn ld_bias(i: u32) -> f32 {
-    if (BIAS_F16) { return f16_at(BIAS[i >> 1u], i); }
-    return bitcast<f32>(BIAS[i]);
-}
-fn ld_c(i: u32) -> f32 {
-    if (C_F16) { return f16_at(C[i >> 1u], i); }
-    return bitcast<f32>(C[i]);
-}
-// Stores elements idx, idx+1 (idx even when C is f16: the launcher requires an even N).
-fn st_c2(idx: u32, v0: f32, v1: f32, has1: bool) {
-    if (C_F16) {
-        C[idx >> 1u] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        C[idx] = bitcast<u32>(v0);
-        if (has1) { C[idx + 1u] = bitcast<u32>(v1); }
-    }
-}
 
 // Epilogue of both matmul kernels: the 4×4 tile at (m0, n0) + bias, activation, accumulate, store.
 // Each invocation's 4×4 accumulator tile. (Private, not a by-value array parameter: lavapipe
@@ -89,7 +60,7 @@ fn epilogue2(m: u32, n: u32, s0: f32, s1: f32) {
         v0 += ld_c(idx);
         if (has1) { v1 += ld_c(idx + 1u); }
     }
-    st_c2(idx, v0, v1, has1);
+    st_c(idx, v0, v1, has1);
 }
 
 const BM: u32 = 64u;
@@ -183,7 +154,7 @@ fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         s0 += ld_c(n);
         if (has1) { s1 += ld_c(n + 1u); }
     }
-    st_c2(n, s0, s1, has1);
+    st_c(n, s0, s1, has1);
 }
 
 // The same product without workgroup memory or barriers: each invocation reads its operands

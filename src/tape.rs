@@ -384,7 +384,7 @@ impl<'g> Graph<'g> {
                     );
                     // qkv feeds only attention in a ViT, but stay correct if it had other uses.
                     match grads.get(&qv) {
-                        Some(prev) => kernels::residual::residual_backward(gpu, prev, &d, true),
+                        Some(prev) => kernels::residual::accumulate(gpu, prev, &d, true),
                         None => {
                             grads.insert(qv, d);
                         }
@@ -398,7 +398,7 @@ impl<'g> Graph<'g> {
                     // later ops accumulate into them independently.
                     for v in [a, b].into_iter().flatten() {
                         let (dx, acc) = self.grad_slot(&mut grads, v, &dy)?;
-                        kernels::residual::residual_backward(gpu, &dx, &dy, acc);
+                        kernels::residual::accumulate(gpu, &dx, &dy, acc);
                     }
                 }
                 Op::Embed {
@@ -435,9 +435,7 @@ impl<'g> Graph<'g> {
                     kernels::embed::embed_backward(gpu, &dp, dcls, dpos, &dy, true);
                     if let Some(pv) = pv {
                         match grads.get(&pv) {
-                            Some(prev) => {
-                                kernels::residual::residual_backward(gpu, prev, &dp, true)
-                            }
+                            Some(prev) => kernels::residual::accumulate(gpu, prev, &dp, true),
                             None => {
                                 grads.insert(pv, dp);
                             }

@@ -19,7 +19,3 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
 fi
-# Vulkan's window-system code complains when this is unset; we never open a window.
-if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
-    echo "note: export XDG_RUNTIME_DIR=/tmp to silence a harmless Vulkan warning" >&2
-fi

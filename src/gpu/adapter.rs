@@ -5,9 +5,12 @@ use anyhow::{bail, Result};
 /// Which adapter to open: the best one, or one named by index or (part of) its name.
 #[derive(Clone, Debug, Default)]
 pub enum AdapterChoice {
+    /// The first of [`list_adapters`]: discrete > integrated > software.
     #[default]
     Best,
+    /// The adapter at this index of [`list_adapters`].
     Index(usize),
+    /// The first adapter whose name contains this (case-insensitive).
     Name(String),
 }
 
@@ -44,12 +47,17 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
 
 /// All adapters in the order `--adapter INDEX` counts them (best first).
 pub fn list_adapters() -> Vec<wgpu::Adapter> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        private_runtime_dir();
+        log_from_env();
+    });
     let enumerate = |backends: wgpu::Backends| {
-        let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
-            ..Default::default()
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let mut v: Vec<wgpu::Adapter> = instance.enumerate_adapters(backends).into_iter().collect();
+        let mut v: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(backends));
         v.retain(|a| {
             a.get_downlevel_capabilities()
                 .flags
@@ -116,4 +124,66 @@ pub(crate) fn pick(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
         }
     };
     Ok(adapters.swap_remove(idx))
+}
+
+/// Gives the process a private `XDG_RUNTIME_DIR` when it has none (headless machines, containers).
+///
+/// Mesa's Vulkan device-select layer probes for a Wayland display at instance creation, and
+/// libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set` when the variable is unset
+/// or not an absolute path. With a valid (empty) directory the probe just finds no display.
+fn private_runtime_dir() {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let cur = std::env::var_os("XDG_RUNTIME_DIR").unwrap_or_default();
+        if std::path::Path::new(&cur).is_absolute() {
+            return;
+        }
+        // The owner of /proc/self is our effective uid (no libc needed to ask).
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        let ours = |p: &std::path::Path| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| {
+                m.is_dir() && Some(m.uid()) == uid && m.permissions().mode() & 0o077 == 0
+            })
+        };
+        let tmp = std::env::temp_dir();
+        let mut dir = tmp.join(format!("vitgpu-runtime-{}", uid.unwrap_or(u32::MAX)));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        if !ours(&dir) {
+            // Someone else's (or a symlink): never use it; make one for this process only.
+            dir = tmp.join(format!("vitgpu-runtime-{}", std::process::id()));
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+            if !ours(&dir) {
+                return;
+            }
+        }
+        // Before any Instance exists; the loader and Mesa read it at instance creation.
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+/// With `RUST_LOG=error|warn|info|debug|trace`, wgpu's and the drivers' log messages go to
+/// stderr; without it they are dropped (no logger is installed).
+fn log_from_env() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{} {}] {}", r.level(), r.target(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let Some(level) = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<log::LevelFilter>().ok())
+    else {
+        return;
+    };
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(level);
+    }
 }

@@ -4,12 +4,15 @@
 //! storage buffers after it, pipelines cached by (shader, entry point, overrides).
 //! Dispatches are recorded into one open command encoder and submitted on
 //! [`Gpu::flush`] (readbacks flush first), so a forward pass is a single submit.
+#![warn(missing_docs)]
 
 mod adapter;
+mod shader;
 mod tensor;
 mod timer;
 
 pub use adapter::{list_adapters, AdapterChoice};
+pub use shader::{expand, Reflection, Shader};
 pub use tensor::{DType, GpuTensor};
 pub use timer::GpuTimer;
 
@@ -17,30 +20,6 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
-
-/// A WGSL source file: one kernel family, forward and backward entry points together.
-pub struct Shader {
-    pub name: &'static str,
-    pub source: &'static str,
-}
-
-#[macro_export]
-macro_rules! shader {
-    ($name:literal) => {
-        $crate::gpu::Shader {
-            name: $name,
-            source: concat!(
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/",
-                    $name,
-                    ".wgsl"
-                ))
-            ),
-        }
-    };
-}
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
@@ -55,13 +34,36 @@ struct Recorder {
     launches: u64,
 }
 
+impl Recorder {
+    /// The open command encoder, created on first use after a submit.
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vitgpu"),
+            })
+        })
+    }
+}
+
+/// A kernel family's compiled module and what naga reads from its source.
+struct Family {
+    module: wgpu::ShaderModule,
+    reflection: Reflection,
+}
+
+/// One opened adapter: device, queue, and the recorder every kernel launch goes through.
 pub struct Gpu {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
+    /// Name, backend, driver and type of the adapter.
     pub info: wgpu::AdapterInfo,
+    /// The limits the device was opened with (VITGPU_MAX_BINDING_MB applied).
     pub limits: wgpu::Limits,
+    /// Optional features enabled on the device (f16 shaders, timestamp queries).
     pub features: wgpu::Features,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<&'static str, Result<Arc<Family>, String>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     rec: Mutex<Recorder>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -99,26 +101,25 @@ impl Gpu {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
         {
-            let cap = (mb << 20).min(limits.max_storage_buffer_binding_size as u64) as u32;
+            let cap = (mb << 20).min(limits.max_storage_buffer_binding_size);
             limits.max_storage_buffer_binding_size = cap;
         }
         let features =
             adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
-        let (device, queue) = pollster::block_on(adapter.request_device(
-            &wgpu::DeviceDescriptor {
-                label: Some("vitgpu"),
-                required_features: features,
-                required_limits: limits.clone(),
-                memory_hints: wgpu::MemoryHints::Performance,
-            },
-            None,
-        ))
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vitgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
         .map_err(|e| {
             anyhow::anyhow!("could not open GPU device on adapter '{}': {e}", info.name)
         })?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
-        device.on_uncaptured_error(Box::new(move |e| {
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap().push(e.to_string());
         }));
         let params_buf = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
@@ -174,57 +175,72 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    pub fn has_f16(&self) -> bool {
-        self.features.contains(wgpu::Features::SHADER_F16)
-    }
-
     pub(crate) fn dummy(&self) -> &GpuTensor {
         &self.dummy
     }
 
+    /// The family's module and reflection, expanded, checked and compiled once per process.
+    fn family(&self, shader: &Shader) -> Result<Arc<Family>, String> {
+        let mut modules = self.modules.lock().unwrap();
+        modules
+            .entry(shader.name)
+            .or_insert_with(|| {
+                let wgsl = shader::expand(shader.source)?;
+                let reflection = Reflection::of(&wgsl)?;
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                    });
+                Ok(Arc::new(Family { module, reflection }))
+            })
+            .clone()
+    }
+
+    /// The pipeline of one entry point with its override values, after checking the launch's
+    /// params size, storage bindings and override names against the shader.
     fn pipeline(
         &self,
         shader: &Shader,
         entry: &'static str,
         overrides: &[(&'static str, f64)],
-    ) -> Arc<wgpu::ComputePipeline> {
+        params_size: usize,
+        bindings: &[u32],
+    ) -> Result<Arc<wgpu::ComputePipeline>, String> {
+        let family = self.family(shader)?;
+        family
+            .reflection
+            .check(entry, params_size, bindings, overrides)?;
         let key: PipelineKey = (
             shader.name,
             entry,
             overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
         );
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return p.clone();
-        }
-        let mut modules = self.modules.lock().unwrap();
-        let module = modules.entry(shader.name).or_insert_with(|| {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-                })
+        let mut pipelines = self.pipelines.lock().unwrap();
+        let p = pipelines.entry(key).or_insert_with(|| {
+            Arc::new(
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: None,
+                        module: &family.module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: overrides,
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    }),
+            )
         });
-        let constants: HashMap<String, f64> =
-            overrides.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let p = Arc::new(
-            self.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: None,
-                    module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                }),
-        );
-        self.pipelines.lock().unwrap().insert(key, p.clone());
-        p
+        Ok(p.clone())
     }
 
     /// Records one dispatch: `params` at binding 0, then `(binding, tensor)` storage bindings.
+    ///
+    /// A launch that does not match the shader (params size, bindings, override names) is not
+    /// recorded; the next [`Gpu::sync`] or read returns the error, naming the kernel.
     pub fn launch<P: bytemuck::Pod>(
         &self,
         shader: &Shader,
@@ -239,10 +255,22 @@ impl Gpu {
             workgroups.iter().all(|&w| w <= max),
             "{entry}: dispatch {workgroups:?} exceeds the adapter's {max} workgroups per dimension"
         );
+        let bindings: Vec<u32> = tensors.iter().map(|(b, _)| *b).collect();
+        let size = std::mem::size_of::<P>();
+        let pipeline = match self.pipeline(shader, entry, overrides, size, &bindings) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("kernel {}/{entry}: {e}", shader.name);
+                let mut errs = self.errors.lock().unwrap();
+                if !errs.contains(&msg) {
+                    errs.push(msg);
+                }
+                return;
+            }
+        };
         if workgroups.contains(&0) {
             return;
         }
-        let pipeline = self.pipeline(shader, entry, overrides);
         let mut rec = self.rec.lock().unwrap();
         if rec.launches == PARAM_SLOTS {
             self.submit_locked(&mut rec);
@@ -270,16 +298,12 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let device = &self.device;
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("vitgpu"),
-            })
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(entry),
-            timestamp_writes: None,
-        });
+        let mut pass = rec
+            .encoder(&self.device)
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
@@ -307,10 +331,13 @@ impl Gpu {
     /// Waits for the GPU and reports any validation / out-of-memory error since the last check.
     pub fn sync(&self) -> Result<()> {
         self.flush();
-        self.device.poll(wgpu::Maintain::Wait);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
         self.check_errors()
     }
 
+    /// Returns (and clears) any GPU error reported since the last check, without waiting.
     pub fn check_errors(&self) -> Result<()> {
         let mut errs = self.errors.lock().unwrap();
         if errs.is_empty() {
@@ -344,14 +371,7 @@ impl Gpu {
 
     /// Runs `f` on the open command encoder (creating it if needed).
     pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut rec = self.rec.lock().unwrap();
-        let device = &self.device;
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("vitgpu"),
-            })
-        });
-        f(encoder)
+        f(self.rec.lock().unwrap().encoder(&self.device))
     }
 
     /// Records a fill with zeros.
@@ -374,7 +394,7 @@ impl Gpu {
             self.with_encoder(|e| e.clear_buffer(&buffer, 0, None));
             return Ok(self.pooled(buffer, shape, dtype));
         }
-        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
@@ -383,7 +403,7 @@ impl Gpu {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        if let Some(e) = pollster::block_on(self.device.pop_error_scope()) {
+        if let Some(e) = pollster::block_on(scope.pop()) {
             bail!(
                 "the GPU ran out of memory allocating a {shape:?} tensor ({:.1} MiB): use a smaller --batch-size (or --grad-accum)\n{e}",
                 bytes as f64 / 1048576.0
@@ -402,8 +422,10 @@ impl Gpu {
     }
 
     fn check_size(&self, shape: &[usize], bytes: u64) -> Result<()> {
-        let lim =
-            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let lim = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if bytes > lim {
             bail!(
                 "a {shape:?} tensor needs {:.1} MiB, more than this adapter allows in one buffer ({:.1} MiB): use a smaller --batch-size (or --grad-accum to keep the effective batch)",
@@ -444,6 +466,7 @@ impl Gpu {
             .write_buffer(&t.buffer, t.offset, &tensor::encode(data, t.dtype));
     }
 
+    /// Uploads u32 data (labels) as a U32 tensor.
     pub fn upload_u32(&self, data: &[u32]) -> GpuTensor {
         let mut v = data.to_vec();
         // Same minimum size as every other tensor (see tensor::byte_size).
@@ -466,6 +489,7 @@ impl Gpu {
         Ok(tensor::decode(&raw, t.numel(), t.dtype))
     }
 
+    /// Reads `size` bytes of `buffer` from `offset` back to the host (flushes and waits).
     pub fn read_raw(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -475,13 +499,8 @@ impl Gpu {
         });
         {
             let mut rec = self.rec.lock().unwrap();
-            let device = &self.device;
-            let encoder = rec.encoder.get_or_insert_with(|| {
-                device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("vitgpu"),
-                })
-            });
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+            rec.encoder(&self.device)
+                .copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
             self.submit_locked(&mut rec);
         }
         let slice = staging.slice(..);
@@ -489,11 +508,16 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device.poll(wgpu::Maintain::Wait);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
         self.check_errors()?;
         rx.recv()?
             .map_err(|e| anyhow::anyhow!("reading back from the GPU failed: {e}"))?;
-        let out = slice.get_mapped_range().to_vec();
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow::anyhow!("reading back from the GPU failed: {e}"))?
+            .to_vec();
         staging.unmap();
         Ok(out)
     }

@@ -41,11 +41,14 @@ impl Drop for PooledBuffer {
     }
 }
 
+/// Storage type of a tensor's elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE single.
     F32,
     /// IEEE half, two values packed per 32-bit word (element i in the low half when i is even).
     F16,
+    /// Unsigned integers (labels).
     U32,
 }
 
@@ -64,13 +67,18 @@ impl DType {
 /// into one flat buffer, so that the optimizer is a single kernel over all of them.
 #[derive(Clone)]
 pub struct GpuTensor {
+    /// The buffer, shared by views and returned to the pool when the last one drops.
     pub buffer: Arc<PooledBuffer>,
+    /// Byte offset of element 0 in the buffer.
     pub offset: u64,
+    /// Row-major shape.
     pub shape: Vec<usize>,
+    /// Storage type.
     pub dtype: DType,
 }
 
 impl GpuTensor {
+    /// A tensor owning all of `buffer` (not pooled).
     pub fn new(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         GpuTensor {
             buffer: Arc::new(PooledBuffer::new(buffer, None)),
@@ -97,6 +105,7 @@ impl GpuTensor {
             dtype: self.dtype,
         }
     }
+    /// The storage binding of exactly this tensor's bytes.
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
@@ -104,9 +113,11 @@ impl GpuTensor {
             size: wgpu::BufferSize::new(self.byte_size()),
         })
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Bytes it occupies (f16 rounded up to whole words; at least 16).
     pub fn byte_size(&self) -> u64 {
         byte_size(&self.shape, self.dtype)
     }

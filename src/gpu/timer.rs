@@ -4,6 +4,7 @@
 use super::Gpu;
 use anyhow::{anyhow, Result};
 
+/// A set of timestamp marks (see [`Gpu::timer`]).
 pub struct GpuTimer {
     set: wgpu::QuerySet,
     resolve: wgpu::Buffer,

@@ -1,7 +1,7 @@
 //! AdamW family (`shaders/adamw.wgsl`): the fused optimizer step over one flat parameter
 //! buffer, the gradient sum of squares (clipping, inf/NaN check) and the f16 weight copy.
 
-use super::grid_1d;
+use super::common::grid;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use anyhow::Result;
@@ -10,27 +10,32 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in adamw.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
-pub struct AdamWParams {
-    pub n: u32,
-    pub n_decay: u32,
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    pub step_size: f32,
-    pub bc2_sqrt: f32,
-    pub grad_scale: f32,
-    pub _pad: [u32; 2],
+struct AdamWParams {
+    n: u32,
+    n_decay: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    grad_scale: f32,
+    _pad: [u32; 2],
 }
 
 /// Hyperparameters of one step.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
+    /// Learning rate.
     pub lr: f32,
+    /// First-moment decay.
     pub beta1: f32,
+    /// Second-moment decay.
     pub beta2: f32,
+    /// Added to the denominator.
     pub eps: f32,
+    /// Decoupled weight decay (applied as `w *= 1 − lr·wd`).
     pub weight_decay: f32,
     /// 1-based step count (bias correction).
     pub t: u32,
@@ -80,7 +85,7 @@ pub fn adamw_step(
         &[("WG", WG as f64)],
         &p,
         &[(1, params), (2, grads), (3, m), (4, v)],
-        grid_1d(n as u32, WG),
+        grid((n as u32).div_ceil(WG)),
     );
 }
 
@@ -116,7 +121,7 @@ pub fn cast_f16(gpu: &Gpu, half: &GpuTensor, params: &GpuTensor) {
         &[("WG", WG as f64)],
         &p,
         &[(1, params), (6, half)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 

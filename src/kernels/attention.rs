@@ -5,6 +5,7 @@
 //! [C, 2C), v at [2C, 3C), head h at columns h·D.. within each third; `out` (B, T, C) with
 //! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
 
+use super::common::grid;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -12,14 +13,14 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in attention.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct AttentionParams {
-    pub batch: u32,
-    pub t: u32,
-    pub heads: u32,
+struct AttentionParams {
+    batch: u32,
+    t: u32,
+    heads: u32,
     /// B·H
-    pub bh: u32,
-    pub scale: f32,
-    pub _pad: [u32; 3],
+    bh: u32,
+    scale: f32,
+    _pad: [u32; 3],
 }
 
 /// Largest supported head dim (the size of the per-thread row arrays in the shader).
@@ -85,12 +86,7 @@ impl Dims {
     }
     /// One workgroup per (block of WG rows, b·h); b·h split over y and z past 65535.
     fn grid(&self) -> [u32; 3] {
-        let bh = (self.b * self.h) as u32;
-        let (y, z) = if bh <= 65535 {
-            (bh, 1)
-        } else {
-            (65535, bh.div_ceil(65535))
-        };
+        let [y, z, _] = grid((self.b * self.h) as u32);
         [(self.t as u32).div_ceil(WG), y, z]
     }
 }

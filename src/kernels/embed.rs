@@ -1,7 +1,7 @@
 //! Embedding family (`shaders/embed.wgsl`): patch im2col (the conv itself is a matmul),
 //! `[CLS; patches] + pos`, and their backward.
 
-use super::{flag, grid_1d};
+use super::common::{flag, grid};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -9,15 +9,15 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in embed.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct EmbedParams {
-    pub batch: u32,
-    pub chans: u32,
-    pub height: u32,
-    pub width: u32,
-    pub psize: u32,
-    pub grid_h: u32,
-    pub grid_w: u32,
-    pub hidden: u32,
+struct EmbedParams {
+    batch: u32,
+    chans: u32,
+    height: u32,
+    width: u32,
+    psize: u32,
+    grid_h: u32,
+    grid_w: u32,
+    hidden: u32,
 }
 
 const WG: u32 = 256;
@@ -48,7 +48,7 @@ pub fn patch_im2col(gpu: &Gpu, cols: &GpuTensor, pixels: &GpuTensor, patch: usiz
         &ov,
         &p,
         &[(1, pixels), (2, cols)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 
@@ -97,7 +97,7 @@ pub fn embed_forward(
         &ov,
         &seq_params(b, t, c),
         &[(3, patches), (4, cls), (5, pos), (6, out)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 
@@ -130,7 +130,7 @@ pub fn embed_backward(
         &ov,
         &p,
         &[(7, dout), (8, dpatches)],
-        grid_1d((dpatches.numel() as u32).div_ceil(2), WG),
+        grid((dpatches.numel() as u32).div_ceil(2).div_ceil(WG)),
     );
     let ov = [
         ("DOUT_F16", dout.dtype.is_f16()),
@@ -144,7 +144,7 @@ pub fn embed_backward(
         &ov,
         &p,
         &[(7, dout), (9, dcls), (10, dpos)],
-        grid_1d(((t * c) as u32).div_ceil(2), WG),
+        grid(((t * c) as u32).div_ceil(2).div_ceil(WG)),
     );
 }
 

@@ -1,22 +1,13 @@
 //! GELU family (`shaders/gelu.wgsl`): standalone activation forward/backward (training keeps
 //! the pre-activation; inference fuses GELU into the matmul epilogue instead).
 
-use super::{flag, grid_1d};
+use super::common::{flag, grid, Act, ElementwiseParams};
 use crate::gpu::{Gpu, GpuTensor};
-use crate::kernels::Act;
 use crate::shader;
-use bytemuck::{Pod, Zeroable};
-
-/// Mirrors `Params` in gelu.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ElementwiseParams {
-    pub n: u32,
-    pub _pad: [u32; 3],
-}
 
 const WG: u32 = 256;
 
+/// `out = act(inp)`.
 pub fn gelu_forward(gpu: &Gpu, out: &GpuTensor, inp: &GpuTensor, act: Act) {
     assert_eq!(out.numel(), inp.numel());
     let n = inp.numel() as u32;
@@ -26,14 +17,14 @@ pub fn gelu_forward(gpu: &Gpu, out: &GpuTensor, inp: &GpuTensor, act: Act) {
         ("ACT", act.code() as f64),
         ("WG", WG as f64),
     ];
-    let p = ElementwiseParams { n, _pad: [0; 3] };
+    let p = ElementwiseParams::new(inp.numel());
     gpu.launch(
         &shader!("gelu"),
         "gelu_forward",
         &ov,
         &p,
         &[(1, inp), (2, out)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 
@@ -56,21 +47,23 @@ pub fn gelu_backward(
         ("ACCUM", flag(accum)),
         ("WG", WG as f64),
     ];
-    let p = ElementwiseParams { n, _pad: [0; 3] };
+    let p = ElementwiseParams::new(inp.numel());
     gpu.launch(
         &shader!("gelu"),
         "gelu_backward",
         &ov,
         &p,
         &[(1, inp), (3, dout), (4, dinp)],
-        grid_1d(n.div_ceil(2), WG),
+        grid(n.div_ceil(2).div_ceil(WG)),
     );
 }
 
+/// CPU reference of [`gelu_forward`].
 pub fn gelu_forward_cpu(x: &[f32], act: Act) -> Vec<f32> {
     x.iter().map(|&v| act.apply(v)).collect()
 }
 
+/// CPU reference of [`gelu_backward`] (without accumulation).
 pub fn gelu_backward_cpu(dy: &[f32], x: &[f32], act: Act) -> Vec<f32> {
     x.iter().zip(dy).map(|(&v, &g)| g * act.grad(v)).collect()
 }

@@ -1,5 +1,6 @@
 //! Layer-norm family (`shaders/layernorm.wgsl`): forward with saved statistics, backward.
 
+use super::common::{flag, grid};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -7,23 +8,14 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in layernorm.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LayerNormParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub eps: f32,
-    pub _pad: u32,
+struct LayerNormParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 const WG: u32 = 128;
-
-/// A grid of `n` workgroups, split over y when it exceeds the per-dimension limit.
-pub(crate) fn grid(n: u32) -> [u32; 3] {
-    if n <= 65535 {
-        [n, 1, 1]
-    } else {
-        [65535, n.div_ceil(65535), 1]
-    }
-}
 
 /// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
 #[allow(clippy::too_many_arguments)]
@@ -91,7 +83,7 @@ pub fn layernorm_backward(
         ("W_F16", w.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DX_F16", dinp.dtype.is_f16()),
-        ("ACCUM", super::flag(accum)),
+        ("ACCUM", flag(accum)),
         ("WG", WG as f64),
     ];
     gpu.launch(
@@ -135,7 +127,7 @@ pub fn layernorm_backward_params(
         ("X_F16", inp.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DW_F16", dw.dtype.is_f16()),
-        ("ACCUM", super::flag(accum)),
+        ("ACCUM", flag(accum)),
         ("WG", WG as f64),
         ("ROW_CHUNK", ROW_CHUNK as f64),
     ];

@@ -1,5 +1,7 @@
 //! Matmul family (`shaders/matmul.wgsl`): linear layers forward and backward, bias gradients.
 
+use super::common::flag;
+pub use super::common::Act;
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -7,84 +9,15 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in matmul.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct MatmulParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub c_sm: u32,
-    pub a_sm: u32,
-    pub a_sk: u32,
-    pub b_sk: u32,
-    pub b_sn: u32,
-}
-
-/// Elementwise epilogue applied after the bias.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    None,
-    /// Exact erf GELU (HF "gelu").
-    Gelu,
-    /// tanh approximation (HF "gelu_new").
-    GeluTanh,
-}
-
-impl Act {
-    pub fn code(self) -> u32 {
-        match self {
-            Act::None => 0,
-            Act::Gelu => 1,
-            Act::GeluTanh => 2,
-        }
-    }
-    pub fn apply(self, x: f32) -> f32 {
-        match self {
-            Act::None => x,
-            Act::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
-            Act::GeluTanh => {
-                let u = (2.0f64 / std::f64::consts::PI).sqrt()
-                    * (x as f64 + 0.044715 * (x as f64).powi(3));
-                (0.5 * x as f64 * (1.0 + u.tanh())) as f32
-            }
-        }
-    }
-    /// d apply(x) / dx.
-    pub fn grad(self, x: f32) -> f32 {
-        let x = x as f64;
-        let g = match self {
-            Act::None => 1.0,
-            Act::Gelu => {
-                0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2))
-                    + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
-            }
-            Act::GeluTanh => {
-                let c = (2.0f64 / std::f64::consts::PI).sqrt();
-                let t = (c * (x + 0.044715 * x.powi(3))).tanh();
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
-            }
-        };
-        g as f32
-    }
-}
-
-/// erf in f64 (Numerical Recipes erfc, |error| < 1.2e-7) for the CPU references.
-pub fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
-    if x >= 0.0 {
-        1.0 - r
-    } else {
-        r - 1.0
-    }
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    c_sm: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_sk: u32,
+    b_sn: u32,
 }
 
 thread_local! {
@@ -101,7 +34,14 @@ pub enum Variant {
     /// Register-blocked tiles: `rm`×`rn` outputs per invocation (each 4 or 8; 128×128 tiles
     /// at 8×8), with the K range split over `split_k` workgroups where the output has too few
     /// tiles to fill the GPU.
-    Wide { rm: u32, rn: u32, split_k: u32 },
+    Wide {
+        /// Output rows per invocation (4 or 8).
+        rm: u32,
+        /// Output columns per invocation (4 or 8).
+        rn: u32,
+        /// Workgroups sharing one output tile's K range (1 = no split).
+        split_k: u32,
+    },
     /// No workgroup memory or barriers (llvmpipe turns barriers into coroutine switches).
     Direct,
 }
@@ -136,9 +76,9 @@ fn gemm(
         ("B_F16", b.dtype.is_f16()),
         ("C_F16", c.dtype.is_f16()),
         ("BIAS_F16", bias.map_or(0.0, |t| t.dtype.is_f16())),
-        ("HAS_BIAS", if bias.is_some() { 1.0 } else { 0.0 }),
+        ("HAS_BIAS", flag(bias.is_some())),
         ("ACT", act.code() as f64),
-        ("ACCUM", if accum { 1.0 } else { 0.0 }),
+        ("ACCUM", flag(accum)),
     ];
     let bias_t = bias.unwrap_or(gpu.dummy());
     let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
@@ -350,7 +290,7 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
     let overrides = [
         ("A_F16", dy.dtype.is_f16()),
         ("C_F16", db.dtype.is_f16()),
-        ("ACCUM", if accum { 1.0 } else { 0.0 }),
+        ("ACCUM", flag(accum)),
         ("BIAS_CHUNK", BIAS_CHUNK as f64),
     ];
     let cols = (n as u32).div_ceil(2).div_ceil(64);

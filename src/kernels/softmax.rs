@@ -8,11 +8,11 @@ use bytemuck::{Pod, Zeroable};
 /// Mirrors `Params` in softmax.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct SoftmaxParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub scale: f32,
-    pub _pad: u32,
+struct SoftmaxParams {
+    rows: u32,
+    cols: u32,
+    scale: f32,
+    _pad: u32,
 }
 
 const WG: u32 = 64;
@@ -27,6 +27,7 @@ fn params(x: &GpuTensor, scale: f32) -> SoftmaxParams {
     }
 }
 
+/// `out = softmax(logits)` over the last dimension.
 pub fn softmax_forward(gpu: &Gpu, out: &GpuTensor, logits: &GpuTensor) {
     let p = params(logits, 1.0);
     gpu.launch(
@@ -81,6 +82,7 @@ pub fn cross_entropy_backward(
     );
 }
 
+/// CPU reference of [`softmax_forward`] (f64 sums).
 pub fn softmax_cpu(x: &[f32], cols: usize) -> Vec<f32> {
     x.chunks(cols)
         .flat_map(|r| {

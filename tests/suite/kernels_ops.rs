@@ -175,7 +175,7 @@ fn residual_add_and_accumulate() {
             tol,
             1e-3,
         );
-        residual_backward(g, &out, &at, true);
+        accumulate(g, &out, &at, true);
         let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 2.0 * x + y).collect();
         assert_close(
             "residual accumulate",

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod gpu;
 mod interp;
 mod kernels_attention;
 mod kernels_matmul;
