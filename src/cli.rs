@@ -86,7 +86,7 @@ pub fn main() -> i32 {
 fn info() -> Result<()> {
     let adapters = list_adapters();
     if adapters.is_empty() {
-        bail!("no GPU adapter found: install a Vulkan driver (on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software one)");
+        bail!("{}", crate::gpu::NO_ADAPTER);
     }
     for (i, a) in adapters.iter().enumerate() {
         let info = a.get_info();

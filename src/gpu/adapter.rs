@@ -81,13 +81,20 @@ pub fn list_adapters() -> Vec<wgpu::Adapter> {
     adapters
 }
 
-pub(crate) fn pick(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+/// What to install when no adapter is found, for every command that needs one.
+pub const NO_ADAPTER: &str =
+    "no GPU adapter found: install a Vulkan driver and loader (Debian/Ubuntu: \
+`apt-get install libvulkan1 mesa-vulkan-drivers`, which includes Mesa's lavapipe for machines \
+without a GPU; Fedora: `dnf install vulkan-loader mesa-vulkan-drivers`); macOS (Metal) and \
+Windows (DX12) need nothing. Without Vulkan, OpenGL is tried (Debian/Ubuntu: `apt-get install \
+libegl1 libgl1-mesa-dri`)";
+
+/// The adapters `choice` allows, in the order to try them: every adapter best first for
+/// [`AdapterChoice::Best`] (the next is used where one fails the self-check), else the one named.
+pub(crate) fn candidates(choice: &AdapterChoice) -> Result<Vec<wgpu::Adapter>> {
     let mut adapters = list_adapters();
     if adapters.is_empty() {
-        bail!(
-            "no GPU adapter found: install a Vulkan driver (on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` \
-             gives a software one), or on macOS/Windows make sure Metal/DX12 is available"
-        );
+        bail!("{NO_ADAPTER}");
     }
     let names = || {
         adapters
@@ -98,7 +105,7 @@ pub(crate) fn pick(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
             .join("\n")
     };
     let idx = match choice {
-        AdapterChoice::Best => 0,
+        AdapterChoice::Best => return Ok(adapters),
         AdapterChoice::Index(i) => {
             if *i >= adapters.len() {
                 bail!(
@@ -123,7 +130,7 @@ pub(crate) fn pick(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
             }
         }
     };
-    Ok(adapters.swap_remove(idx))
+    Ok(vec![adapters.swap_remove(idx)])
 }
 
 /// Gives the process a private `XDG_RUNTIME_DIR` when it has none (headless machines, containers).

@@ -11,7 +11,8 @@ mod shader;
 mod tensor;
 mod timer;
 
-pub use adapter::{list_adapters, AdapterChoice};
+pub(crate) use adapter::candidates;
+pub use adapter::{list_adapters, AdapterChoice, NO_ADAPTER};
 pub use shader::{expand, Reflection, Shader};
 pub use tensor::{DType, GpuTensor};
 pub use timer::GpuTimer;
@@ -20,6 +21,21 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
+
+/// `VITGPU_MAX_BINDING_MB`, when set: a whole number of MiB, at least 1.
+fn binding_cap_mb() -> Result<Option<u64>> {
+    let Some(v) = std::env::var_os("VITGPU_MAX_BINDING_MB") else {
+        return Ok(None);
+    };
+    let v = v.to_string_lossy();
+    match v.trim().parse::<u64>() {
+        Ok(mb) if (1..1 << 20).contains(&mb) => Ok(Some(mb)),
+        _ => bail!(
+            "VITGPU_MAX_BINDING_MB={v:?} is not a whole number of MiB from 1 to 1048575: set it to \
+             the per-buffer cap to simulate (e.g. 128), or unset it"
+        ),
+    }
+}
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
@@ -74,9 +90,9 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens the chosen adapter (see [`AdapterChoice`]) with the limits a ViT-B needs.
-    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
-        let adapter = adapter::pick(choice)?;
+    /// Opens `adapter` with the limits a ViT-B needs, without the kernel self-check: programs
+    /// open adapters with `Gpu::new` (kernels/check.rs), which runs it.
+    pub(crate) fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let alimits = adapter.limits();
         // Ask for everything the adapter offers: ViT-B tensors and activations exceed the
@@ -97,10 +113,7 @@ impl Gpu {
         // VITGPU_MAX_BINDING_MB caps the per-buffer size, to see how a run would fare on a
         // smaller GPU (and to test the out-of-memory advice without allocating gigabytes).
         let mut limits = limits;
-        if let Some(mb) = std::env::var("VITGPU_MAX_BINDING_MB")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(mb) = binding_cap_mb()? {
             let cap = (mb << 20).min(limits.max_storage_buffer_binding_size);
             limits.max_storage_buffer_binding_size = cap;
         }
@@ -187,12 +200,25 @@ impl Gpu {
             .or_insert_with(|| {
                 let wgsl = shader::expand(shader.source)?;
                 let reflection = Reflection::of(&wgsl)?;
-                let module = self
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-                    });
+                // Every check but loop bounding: since wgpu 25 naga adds an iteration
+                // counter to every loop, which made our inner loops ~50% slower on lavapipe.
+                let checks = wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                };
+                // SAFETY: loop bounding only guards against infinite loops, and every loop in
+                // shaders/ runs a counter up to a bound fixed for the dispatch (a uniform size,
+                // an override or a constant; sizes stay far below 2^32, so no counter wraps) or
+                // halves it to zero. Bounds and division checks stay on.
+                let module = unsafe {
+                    self.device.create_shader_module_trusted(
+                        wgpu::ShaderModuleDescriptor {
+                            label: Some(shader.name),
+                            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                        },
+                        checks,
+                    )
+                };
                 Ok(Arc::new(Family { module, reflection }))
             })
             .clone()
@@ -382,7 +408,7 @@ impl Gpu {
     /// Allocates a zero-filled tensor, reusing a released buffer of the same size if any.
     pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let bytes = tensor::byte_size(shape, dtype);
-        self.check_size(shape, bytes)?;
+        self.check_size(shape, bytes, false)?;
         let reused = self
             .pool
             .lock()
@@ -421,30 +447,62 @@ impl Gpu {
         }
     }
 
-    fn check_size(&self, shape: &[usize], bytes: u64) -> Result<()> {
+    /// Refuses a tensor larger than one buffer may be, with advice that fits what it holds:
+    /// activations and input batches shrink with the batch size, a weight does not.
+    fn check_size(&self, shape: &[usize], bytes: u64, weight: bool) -> Result<()> {
         let lim = self
             .limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
-        if bytes > lim {
-            bail!(
-                "a {shape:?} tensor needs {:.1} MiB, more than this adapter allows in one buffer ({:.1} MiB): use a smaller --batch-size (or --grad-accum to keep the effective batch)",
-                bytes as f64 / 1048576.0,
-                lim as f64 / 1048576.0
-            );
+        if bytes <= lim {
+            return Ok(());
         }
-        Ok(())
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let what = if weight { "weight tensor" } else { "tensor" };
+        let advice = if weight {
+            "the batch size does not change it: this model (at this resolution) needs an adapter \
+             with larger buffers (`vitgpu info` lists each adapter's max storage binding)"
+        } else {
+            "use a smaller --batch-size (or --grad-accum to keep the effective batch)"
+        };
+        let capped = if std::env::var_os("VITGPU_MAX_BINDING_MB").is_some() {
+            ", capped by VITGPU_MAX_BINDING_MB"
+        } else {
+            ""
+        };
+        bail!(
+            "a {shape:?} {what} needs {:.1} MiB, more than this adapter allows in one buffer \
+             ({:.1} MiB{capped}): {advice}",
+            mib(bytes),
+            mib(lim)
+        )
     }
 
-    /// Uploads f32 host data, converting to `dtype`.
+    /// Uploads model weights (f32 host data converted to `dtype`): like [`Gpu::upload`], but a
+    /// weight too large for one buffer is not something a smaller batch fixes, and the error says so.
+    pub fn upload_weights(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        self.upload_checked(data, shape, dtype, true)
+    }
+
+    /// Uploads f32 host data (an input batch, say), converting to `dtype`.
     pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        self.upload_checked(data, shape, dtype, false)
+    }
+
+    fn upload_checked(
+        &self,
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+        weight: bool,
+    ) -> Result<GpuTensor> {
         assert_eq!(
             data.len(),
             shape.iter().product::<usize>(),
             "upload: data does not match shape {shape:?}"
         );
         let bytes = tensor::encode(data, dtype);
-        self.check_size(shape, bytes.len() as u64)?;
+        self.check_size(shape, bytes.len() as u64, weight)?;
         let buffer = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

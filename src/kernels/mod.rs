@@ -6,6 +6,7 @@
 
 pub mod adamw;
 pub mod attention;
+mod check;
 pub mod common;
 pub mod embed;
 pub mod gelu;

@@ -67,7 +67,7 @@ impl Vit {
         let mut specs = Vec::with_capacity(host.len());
         for (spec, data) in host {
             weights.push(
-                gpu.upload(&data, &spec.shape, dtype)
+                gpu.upload_weights(&data, &spec.shape, dtype)
                     .with_context(|| format!("uploading {}", spec.name))?,
             );
             specs.push(spec);

@@ -55,7 +55,7 @@ impl FlatParams {
         for &(i, o, n) in &entries {
             flat[o..o + n].copy_from_slice(&host[i]);
         }
-        let master = gpu.upload(&flat, &[total], DType::F32)?;
+        let master = gpu.upload_weights(&flat, &[total], DType::F32)?;
         let grads = gpu.alloc(&[total], DType::F32)?;
         let half = if vit.dtype == DType::F16 {
             let h = gpu.alloc(&[total], DType::F16)?;

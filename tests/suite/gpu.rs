@@ -94,3 +94,47 @@ fn launch_mismatching_the_shader_is_an_error_naming_the_kernel() {
     );
     g.sync().unwrap();
 }
+
+fn predict_with_env(var: &str, value: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let model = crate::common::fixture_path("models/vit_tiny_cls");
+    let img = crate::common::fixture_path("images/cat.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .env(var, value)
+        .arg("predict")
+        .arg("--model")
+        .arg(&model)
+        .args(extra)
+        .arg(&img)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// An environment variable that does not parse is an error naming it, not silently ignored.
+#[test]
+fn unparsable_binding_cap_is_an_error() {
+    for bad in ["abc", "0", "-1", "1.5"] {
+        let (code, err) = predict_with_env("VITGPU_MAX_BINDING_MB", bad, &[]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("VITGPU_MAX_BINDING_MB") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+}
+
+/// A weight larger than one buffer may be (position embeddings at 1024 px: 16385 × 96 f32,
+/// 6 MiB, against a 1 MiB cap) is not fixed by a smaller batch, and the advice says so.
+#[test]
+fn a_weight_too_large_for_the_adapter_does_not_blame_the_batch_size() {
+    let (code, err) = predict_with_env("VITGPU_MAX_BINDING_MB", "1", &["--res", "1024"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("weight tensor") && err.contains("batch size does not change it"),
+        "{err}"
+    );
+    assert!(!err.contains("--batch-size"), "{err}");
+}
