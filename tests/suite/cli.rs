@@ -1,7 +1,6 @@
 //! The `vitgpu` binary as users run it: predict (text, JSON, bad images, --res), eval, info,
 //! and clear errors for bad input.
 
-
 use crate::common::*;
 use std::process::{Command, Output};
 
