@@ -132,7 +132,7 @@ fn predict(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
         );
     }
     let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
-    let labels = &vit.config.id2label;
+    let labels = &vit.config().id2label;
     let samples: Vec<Sample> = paths
         .iter()
         .map(|p| Sample {

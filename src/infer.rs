@@ -77,7 +77,7 @@ pub fn predict_samples(
         }
         let b = batch.labels.len();
         let pixels = gpu.upload(&batch.pixels, &[b, 3, pre.height, pre.width], DType::F32)?;
-        let mut g = Graph::no_grad(gpu, vit.dtype);
+        let mut g = Graph::no_grad(gpu, vit.dtype());
         let logits = vit.forward(&mut g, &pixels)?;
         out.logits.extend(gpu.read(&logits.t)?);
         out.indices.extend(batch.indices);
@@ -122,11 +122,6 @@ pub fn open_model(
     let pre = preprocessor_for(&ckpt, res)?;
     let gpu = Gpu::new(adapter)?;
     eprintln!("adapter: {}", gpu.describe());
-    let vit = Vit::load(
-        &gpu,
-        &ckpt,
-        precision.dtype(),
-        Some((pre.height, pre.width)),
-    )?;
+    let vit = ckpt.upload(&gpu, precision.dtype(), Some((pre.height, pre.width)))?;
     Ok((gpu, vit, pre))
 }

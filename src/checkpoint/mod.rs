@@ -1,4 +1,6 @@
-//! Hugging Face / timm checkpoint loading and saving: safetensors (plain or sharded) to f32 host tensors with canonical `ViTForImageClassification` names, and back.
+//! Hugging Face / timm checkpoint loading and saving: safetensors (plain or sharded) to f32
+//! host tensors named by the model's [`ParamTable`], and back to `ViTForImageClassification`
+//! files.
 
 mod timm;
 
@@ -13,19 +15,26 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 
-use crate::model::Config;
+use crate::gpu::{DType, Gpu};
+use crate::model::{Config, HostTensor, ParamTable, Vit};
 
-/// File names of a Hugging Face model directory.
+/// The model config of a Hugging Face model directory.
 pub const CONFIG_FILE: &str = "config.json";
+/// The weights of an unsharded model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The shard index of a sharded model directory.
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The image processor config of a model directory.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
 /// The element type tensors are stored in on disk (always f32 on the host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoredDtype {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE half.
     F16,
+    /// bfloat16.
     BF16,
 }
 
@@ -67,60 +76,46 @@ impl StoredDtype {
     }
 }
 
-/// A dense row-major f32 tensor in host memory.
-#[derive(Clone, Debug)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    /// A tensor from its shape and data; errors if the element count does not match.
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            bail!(
-                "tensor of shape {shape:?} needs {n} values, got {}",
-                data.len()
-            );
-        }
-        Ok(HostTensor { shape, data })
-    }
-
-    /// A zero-filled tensor.
-    pub fn zeros(shape: Vec<usize>) -> Self {
-        let n = shape.iter().product();
-        HostTensor {
-            shape,
-            data: vec![0.0; n],
-        }
-    }
-
-    /// Number of elements implied by the shape.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
 /// Where a checkpoint came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
+    /// transformers' `ViTForImageClassification` / `ViTModel`.
     HuggingFace,
+    /// timm's `VisionTransformer`.
     Timm,
 }
 
-/// A loaded model: config plus f32 tensors under canonical Hugging Face names.
+/// A loaded model: config plus f32 parameters named as in its [`ParamTable`].
 #[derive(Clone)]
 pub struct Checkpoint {
+    /// The model's hyper-parameters (labels filled in from the classifier when missing).
     pub config: Config,
-    /// Canonical `ViTForImageClassification` names (see [`expected_tensors`]), f32 on the host.
+    /// Every parameter of `ParamTable::new(&config, has_classifier)`, by name, in checkpoint
+    /// shapes, f32 on the host.
     pub tensors: BTreeMap<String, HostTensor>,
     /// The dtype most weights (by element count) were stored in; used when saving back.
     pub dtype: StoredDtype,
+    /// Whether the checkpoint has a classifier head (else it is a bare backbone).
     pub has_classifier: bool,
     /// `preprocessor_config.json` if present (synthesised from `pretrained_cfg` for timm).
     pub preprocessor: Option<Value>,
+    /// The layout the files were written in.
     pub source: CheckpointFormat,
+}
+
+impl Checkpoint {
+    /// Uploads the parameters as a [`Vit`] for inputs of `res` = (height, width) pixels
+    /// (default: `image_size`), position embeddings interpolated as transformers does.
+    pub fn upload(&self, gpu: &Gpu, dtype: DType, res: Option<(usize, usize)>) -> Result<Vit> {
+        Vit::new(
+            gpu,
+            self.config.clone(),
+            &self.tensors,
+            self.has_classifier,
+            dtype,
+            res,
+        )
+    }
 }
 
 impl fmt::Debug for Checkpoint {
@@ -139,58 +134,6 @@ impl fmt::Debug for Checkpoint {
             .field("source", &self.source)
             .finish()
     }
-}
-
-/// The canonical tensor names and shapes of a `ViTForImageClassification` (or, without the
-/// classifier, of its `vit.` backbone) for `config`, in a stable order.
-pub fn expected_tensors(config: &Config, with_classifier: bool) -> Vec<(String, Vec<usize>)> {
-    let c = config.hidden_size;
-    let i = config.intermediate_size;
-    let p = config.patch_size;
-    let mut v: Vec<(String, Vec<usize>)> = vec![
-        ("vit.embeddings.cls_token".into(), vec![1, 1, c]),
-        (
-            "vit.embeddings.position_embeddings".into(),
-            vec![1, config.num_patches() + 1, c],
-        ),
-        (
-            "vit.embeddings.patch_embeddings.projection.weight".into(),
-            vec![c, config.num_channels, p, p],
-        ),
-        (
-            "vit.embeddings.patch_embeddings.projection.bias".into(),
-            vec![c],
-        ),
-    ];
-    for l in 0..config.num_hidden_layers {
-        let pre = format!("vit.encoder.layer.{l}");
-        for qkv in ["query", "key", "value"] {
-            v.push((
-                format!("{pre}.attention.attention.{qkv}.weight"),
-                vec![c, c],
-            ));
-            if config.qkv_bias {
-                v.push((format!("{pre}.attention.attention.{qkv}.bias"), vec![c]));
-            }
-        }
-        v.push((format!("{pre}.attention.output.dense.weight"), vec![c, c]));
-        v.push((format!("{pre}.attention.output.dense.bias"), vec![c]));
-        v.push((format!("{pre}.intermediate.dense.weight"), vec![i, c]));
-        v.push((format!("{pre}.intermediate.dense.bias"), vec![i]));
-        v.push((format!("{pre}.output.dense.weight"), vec![c, i]));
-        v.push((format!("{pre}.output.dense.bias"), vec![c]));
-        for ln in ["layernorm_before", "layernorm_after"] {
-            v.push((format!("{pre}.{ln}.weight"), vec![c]));
-            v.push((format!("{pre}.{ln}.bias"), vec![c]));
-        }
-    }
-    v.push(("vit.layernorm.weight".into(), vec![c]));
-    v.push(("vit.layernorm.bias".into(), vec![c]));
-    if with_classifier {
-        v.push(("classifier.weight".into(), vec![config.num_labels(), c]));
-        v.push(("classifier.bias".into(), vec![config.num_labels()]));
-    }
-    v
 }
 
 /// One tensor found in a safetensors file: its name there, which file, and a view of its bytes.
@@ -256,7 +199,6 @@ impl Store {
     }
 
     /// Converts a found tensor to f32, checking its shape against `expected`.
-    /// `canonical` is the name reported in messages when it differs from the file's name.
     fn load(&self, f: &Found<'_>, expected: &[usize]) -> Result<(HostTensor, StoredDtype)> {
         let path = self.path(f).display();
         let shape = f.view.shape().to_vec();
@@ -430,7 +372,7 @@ fn weight_files(dir: &Path, has_config: bool) -> Result<Vec<PathBuf>> {
 }
 
 /// Loads a Hugging Face (`ViTForImageClassification` / `ViTModel`) or timm ViT checkpoint
-/// directory. Tensors come back as f32 under canonical Hugging Face names.
+/// directory. Parameters come back as f32 under the [`ParamTable`]'s names.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     if !dir.exists() {
         bail!("model directory {} does not exist", dir.display());
@@ -503,10 +445,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
     }
 
-    let has_classifier = by_canonical.contains_key("classifier.weight")
-        || by_canonical.contains_key("classifier.bias");
+    let [head_w, head_b] = ParamTable::head(&config).map(|p| p.name);
+    let has_classifier = by_canonical.contains_key(&head_w) || by_canonical.contains_key(&head_b);
     if has_classifier {
-        if let Some(w) = by_canonical.get("classifier.weight") {
+        if let Some(w) = by_canonical.get(&head_w) {
             let shape = w.view.shape();
             let rows = if shape.len() == 2 { shape[0] } else { 0 };
             if config.id2label.is_empty() {
@@ -524,10 +466,11 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
     }
 
-    let expected = expected_tensors(&config, has_classifier);
-    let missing: Vec<&String> = expected
+    let table = ParamTable::new(&config, has_classifier);
+    let expected = table.hf_tensors();
+    let missing: Vec<&str> = expected
         .iter()
-        .map(|(n, _)| n)
+        .map(|(n, _)| *n)
         .filter(|n| !by_canonical.contains_key(*n))
         .collect();
     if !missing.is_empty() {
@@ -557,20 +500,24 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         );
     }
     let expected_names: std::collections::BTreeSet<&str> =
-        expected.iter().map(|(n, _)| n.as_str()).collect();
+        expected.iter().map(|(n, _)| *n).collect();
     for (c, f) in &by_canonical {
         if !expected_names.contains(c.as_str()) {
             ignored.push(&f.name);
         }
     }
 
+    // Each parameter is its Hugging Face tensors stacked (query, key and value fused).
     let mut tally = DtypeTally::default();
     let mut tensors = BTreeMap::new();
-    for (name, shape) in &expected {
-        let f = by_canonical[name];
-        let (t, dtype) = store.load(f, shape)?;
-        tally.add(dtype, t.data.len());
-        tensors.insert(name.clone(), t);
+    for p in &table {
+        let mut data = Vec::with_capacity(p.numel());
+        for (name, shape) in p.hf_parts() {
+            let (t, dtype) = store.load(by_canonical[name], &shape)?;
+            tally.add(dtype, t.data.len());
+            data.extend_from_slice(&t.data);
+        }
+        tensors.insert(p.name.clone(), HostTensor::new(p.shape.clone(), data)?);
     }
     if !ignored.is_empty() {
         ignored.sort();
@@ -600,7 +547,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 
 /// Writes a Hugging Face model directory (`model.safetensors`, `config.json`, and
 /// `preprocessor_config.json` unless `preprocessor` is null) that transformers can load.
-/// `tensors` must hold exactly the canonical tensors of `config` (`classifier.*` optional).
+/// `tensors` must hold exactly the parameters of `ParamTable::new(config, with_classifier)`
+/// (the classifier is optional); fused query/key/value parameters are written as their three
+/// Hugging Face tensors.
 pub fn save(
     dir: &Path,
     config: &Config,
@@ -611,13 +560,15 @@ pub fn save(
     config
         .validate()
         .context("refusing to save a checkpoint with an invalid config")?;
-    let with_classifier =
-        tensors.contains_key("classifier.weight") || tensors.contains_key("classifier.bias");
+    let with_classifier = ParamTable::head(config)
+        .iter()
+        .any(|p| tensors.contains_key(&p.name));
     if with_classifier && config.num_labels() == 0 {
         bail!("tensors include classifier.* but the config has no labels (id2label is empty)");
     }
-    let expected = expected_tensors(config, with_classifier);
-    for (name, shape) in &expected {
+    let table = ParamTable::new(config, with_classifier);
+    for p in &table {
+        let (name, shape) = (&p.name, &p.shape);
         let t = tensors
             .get(name)
             .ok_or_else(|| anyhow!("cannot save: tensor `{name}` (shape {shape:?}) is missing"))?;
@@ -636,12 +587,10 @@ pub fn save(
             );
         }
     }
-    if tensors.len() != expected.len() {
-        let names: std::collections::BTreeSet<&str> =
-            expected.iter().map(|(n, _)| n.as_str()).collect();
+    if tensors.len() != table.len() {
         let unknown: Vec<&String> = tensors
             .keys()
-            .filter(|k| !names.contains(k.as_str()))
+            .filter(|k| table.position(k).is_none())
             .collect();
         bail!(
             "cannot save: {} is not part of a ViTForImageClassification with this config",
@@ -651,20 +600,18 @@ pub fn save(
 
     fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let st_dtype = dtype.to_safetensors();
-    let encoded: Vec<(&str, &[usize], Vec<u8>)> = expected
-        .iter()
-        .map(|(name, shape)| {
-            (
-                name.as_str(),
-                shape.as_slice(),
-                encode(&tensors[name].data, dtype),
-            )
-        })
-        .collect();
+    let mut encoded: Vec<(&str, Vec<usize>, Vec<u8>)> = Vec::new();
+    for p in &table {
+        let data = &tensors[&p.name].data;
+        let part = data.len() / p.hf.len();
+        for (k, (name, shape)) in p.hf_parts().enumerate() {
+            encoded.push((name, shape, encode(&data[k * part..(k + 1) * part], dtype)));
+        }
+    }
     let views = encoded
         .iter()
         .map(|(name, shape, bytes)| {
-            TensorView::new(st_dtype, shape.to_vec(), bytes)
+            TensorView::new(st_dtype, shape.clone(), bytes)
                 .map(|v| (*name, v))
                 .map_err(|e| anyhow!("cannot save tensor `{name}`: {e:?}"))
         })
@@ -767,25 +714,6 @@ mod tests {
         t.add(StoredDtype::BF16, 100);
         assert_eq!(t.majority(), StoredDtype::BF16);
         assert_eq!(DtypeTally::default().majority(), StoredDtype::F32);
-    }
-
-    #[test]
-    fn expected_tensor_table() {
-        let mut c = Config::preset("vit-tiny").unwrap();
-        c.num_hidden_layers = 2;
-        c.id2label = vec!["a".into(), "b".into()];
-        let e = expected_tensors(&c, true);
-        // 4 embedding + 16 per layer + 2 final norm + 2 classifier.
-        assert_eq!(e.len(), 4 + 2 * 16 + 2 + 2);
-        let m: BTreeMap<_, _> = e.into_iter().collect();
-        assert_eq!(m["vit.embeddings.position_embeddings"], vec![1, 197, 192]);
-        assert_eq!(
-            m["vit.encoder.layer.1.intermediate.dense.weight"],
-            vec![768, 192]
-        );
-        assert_eq!(m["classifier.weight"], vec![2, 192]);
-        c.qkv_bias = false;
-        assert_eq!(expected_tensors(&c, false).len(), 4 + 2 * 13 + 2);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! timm `VisionTransformer` checkpoints: maps timm tensor names (fused qkv, `blocks.N.*`) and its `config.json` to the canonical Hugging Face ViT layout.
+//! timm `VisionTransformer` checkpoints: reads timm tensors (`blocks.N.*`, fused qkv) into the
+//! model's parameters by the [`ParamTable`]'s timm names, and timm's `config.json` into a
+//! [`Config`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -6,8 +8,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-use super::{expected_tensors, Checkpoint, CheckpointFormat, DtypeTally, Found, HostTensor, Store};
-use crate::model::{Activation, Config};
+use super::{Checkpoint, CheckpointFormat, DtypeTally, Found, Store};
+use crate::model::{Activation, Config, ParamTable};
 
 /// Why a timm tensor outside the plain-ViT set cannot be represented, if we know.
 fn unsupported_reason(name: &str) -> &'static str {
@@ -35,43 +37,34 @@ fn unsupported_reason(name: &str) -> &'static str {
     }
 }
 
-/// Is `name` one of the tensors of a plain timm ViT?
-fn is_plain_vit_tensor(name: &str) -> bool {
-    const TOP: &[&str] = &[
-        "cls_token",
-        "pos_embed",
-        "patch_embed.proj.weight",
-        "patch_embed.proj.bias",
-        "norm.weight",
-        "norm.bias",
-        "head.weight",
-        "head.bias",
-    ];
-    if TOP.contains(&name) {
-        return true;
+/// `name` with a block index replaced by `*` (`blocks.3.norm1.weight` → `blocks.*.norm1.weight`);
+/// `None` for a `blocks.` name without a numeric index.
+fn block_pattern(name: &str) -> Option<String> {
+    match name.strip_prefix("blocks.") {
+        Some(rest) => {
+            let (idx, tail) = rest.split_once('.')?;
+            idx.parse::<usize>().ok()?;
+            Some(format!("blocks.*.{tail}"))
+        }
+        None => Some(name.to_string()),
     }
-    let Some(rest) = name.strip_prefix("blocks.") else {
+}
+
+/// Is `name` one of the tensors of a plain timm ViT (any depth, with or without qkv bias and
+/// head)? Decided by the parameter table of a one-block model with everything.
+fn is_plain_vit_tensor(name: &str) -> bool {
+    let full = Config {
+        num_hidden_layers: 1,
+        qkv_bias: true,
+        id2label: vec!["x".into()],
+        ..Config::default()
+    };
+    let Some(pattern) = block_pattern(name) else {
         return false;
     };
-    let Some((idx, tail)) = rest.split_once('.') else {
-        return false;
-    };
-    idx.parse::<usize>().is_ok()
-        && matches!(
-            tail,
-            "norm1.weight"
-                | "norm1.bias"
-                | "norm2.weight"
-                | "norm2.bias"
-                | "attn.qkv.weight"
-                | "attn.qkv.bias"
-                | "attn.proj.weight"
-                | "attn.proj.bias"
-                | "mlp.fc1.weight"
-                | "mlp.fc1.bias"
-                | "mlp.fc2.weight"
-                | "mlp.fc2.bias"
-        )
+    ParamTable::new(&full, true)
+        .iter()
+        .any(|p| block_pattern(&p.timm).as_deref() == Some(pattern.as_str()))
 }
 
 fn as_size(v: &Value) -> Option<usize> {
@@ -357,138 +350,36 @@ pub(super) fn load(
         .validate()
         .map_err(|e| anyhow!("timm checkpoint described by {cfg_name} is not a valid ViT: {e}"))?;
 
+    // timm's tensors are the parameters themselves (qkv fused as in vitgpu): no conversion.
+    let table = ParamTable::new(&config, has_classifier);
     let mut tally = DtypeTally::default();
-    let mut fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
-        let f = found.get(name).ok_or_else(|| {
-            anyhow!("timm tensor `{name}` (shape {shape:?}) is missing from the checkpoint")
+    let mut tensors = BTreeMap::new();
+    for p in &table {
+        let f = found.get(&p.timm).ok_or_else(|| {
+            anyhow!(
+                "timm tensor `{}` (shape {:?}) is missing from the checkpoint",
+                p.timm,
+                p.shape
+            )
         })?;
-        let (t, dtype) = store.load(f, shape)?;
+        let (t, dtype) = store.load(f, &p.shape)?;
         tally.add(dtype, t.data.len());
-        Ok(t)
-    };
-    let (c, i) = (hidden, intermediate);
-    let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
-    let mut put = |k: &str, t: HostTensor| {
-        tensors.insert(k.to_string(), t);
-    };
-    put("vit.embeddings.cls_token", fetch("cls_token", &[1, 1, c])?);
-    put(
-        "vit.embeddings.position_embeddings",
-        fetch("pos_embed", &[1, config.num_patches() + 1, c])?,
-    );
-    put(
-        "vit.embeddings.patch_embeddings.projection.weight",
-        fetch("patch_embed.proj.weight", &[c, num_channels, patch, patch])?,
-    );
-    put(
-        "vit.embeddings.patch_embeddings.projection.bias",
-        fetch("patch_embed.proj.bias", &[c])?,
-    );
-    for l in 0..layers {
-        let b = format!("blocks.{l}");
-        let h = format!("vit.encoder.layer.{l}");
-        // timm's fused qkv: rows [0, C) query, [C, 2C) key, [2C, 3C) value.
-        let qkv_w = fetch(&format!("{b}.attn.qkv.weight"), &[3 * c, c])?;
-        let qkv_b = if config.qkv_bias {
-            Some(fetch(&format!("{b}.attn.qkv.bias"), &[3 * c])?)
-        } else {
-            None
-        };
-        for (k, part) in ["query", "key", "value"].into_iter().enumerate() {
-            let w = qkv_w.data[k * c * c..(k + 1) * c * c].to_vec();
-            put(
-                &format!("{h}.attention.attention.{part}.weight"),
-                HostTensor {
-                    shape: vec![c, c],
-                    data: w,
-                },
-            );
-            if let Some(qb) = &qkv_b {
-                let bias = qb.data[k * c..(k + 1) * c].to_vec();
-                put(
-                    &format!("{h}.attention.attention.{part}.bias"),
-                    HostTensor {
-                        shape: vec![c],
-                        data: bias,
-                    },
-                );
-            }
-        }
-        for (timm, hf, shape) in [
-            (
-                "attn.proj.weight",
-                "attention.output.dense.weight",
-                vec![c, c],
-            ),
-            ("attn.proj.bias", "attention.output.dense.bias", vec![c]),
-            ("mlp.fc1.weight", "intermediate.dense.weight", vec![i, c]),
-            ("mlp.fc1.bias", "intermediate.dense.bias", vec![i]),
-            ("mlp.fc2.weight", "output.dense.weight", vec![c, i]),
-            ("mlp.fc2.bias", "output.dense.bias", vec![c]),
-            ("norm1.weight", "layernorm_before.weight", vec![c]),
-            ("norm1.bias", "layernorm_before.bias", vec![c]),
-            ("norm2.weight", "layernorm_after.weight", vec![c]),
-            ("norm2.bias", "layernorm_after.bias", vec![c]),
-        ] {
-            put(&format!("{h}.{hf}"), fetch(&format!("{b}.{timm}"), &shape)?);
-        }
-    }
-    put("vit.layernorm.weight", fetch("norm.weight", &[c])?);
-    put("vit.layernorm.bias", fetch("norm.bias", &[c])?);
-    if has_classifier {
-        put(
-            "classifier.weight",
-            fetch("head.weight", &[num_classes, c])?,
-        );
-        put("classifier.bias", fetch("head.bias", &[num_classes])?);
+        tensors.insert(p.name.clone(), t);
     }
 
     // Every timm tensor must have been used (blocks beyond the counted ones, a qkv.bias in only
     // some blocks, ...), otherwise the conversion would silently drop weights.
-    let used =
-        4 + 2 + 2 * usize::from(has_classifier) + layers * (if config.qkv_bias { 12 } else { 11 });
-    if found.len() != used {
-        let mut expected_timm: Vec<String> = Vec::new();
-        for l in 0..layers {
-            for t in [
-                "norm1.weight",
-                "norm1.bias",
-                "norm2.weight",
-                "norm2.bias",
-                "attn.qkv.weight",
-                "attn.qkv.bias",
-                "attn.proj.weight",
-                "attn.proj.bias",
-                "mlp.fc1.weight",
-                "mlp.fc1.bias",
-                "mlp.fc2.weight",
-                "mlp.fc2.bias",
-            ] {
-                expected_timm.push(format!("blocks.{l}.{t}"));
-            }
-        }
+    if found.len() != table.len() {
         let extra: Vec<&String> = found
             .keys()
-            .filter(|k| k.starts_with("blocks.") && !expected_timm.contains(k))
+            .filter(|k| !table.iter().any(|p| &p.timm == *k))
             .collect();
         bail!(
-            "timm checkpoint is inconsistent: {} ({layers} blocks counted from \
+            "timm checkpoint is inconsistent: unexpected {} ({layers} blocks counted from \
              blocks.N.attn.qkv.weight, qkv bias {})",
-            if extra.is_empty() {
-                "unexpected tensors".to_string()
-            } else {
-                format!("unexpected {}", super::list_names(&extra, 5))
-            },
+            super::list_names(&extra, 5),
             config.qkv_bias
         );
-    }
-    let expected = expected_tensors(&config, has_classifier);
-    debug_assert_eq!(expected.len(), tensors.len());
-    if expected
-        .iter()
-        .any(|(n, s)| tensors.get(n).map(|t| &t.shape) != Some(s))
-    {
-        bail!("internal error: timm conversion does not match the canonical ViT layout");
     }
 
     let preprocessor = preprocessor_from(json.get("pretrained_cfg"), image_size);

@@ -181,29 +181,6 @@ impl PreprocessorConfig {
         })
     }
 
-    /// Read a `preprocessor_config.json` file (a directory is taken to contain one).
-    pub fn load(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() {
-            path.join("preprocessor_config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read preprocessor config {}", file.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "preprocessor config {} is not valid JSON; fix or delete the file",
-                file.display()
-            )
-        })?;
-        Self::from_json(&v).with_context(|| {
-            format!(
-                "invalid preprocessor config {}; fix the value named above",
-                file.display()
-            )
-        })
-    }
-
     /// The Hugging Face `ViTImageProcessor` JSON form of this configuration.
     pub fn to_json(&self) -> Value {
         json!({

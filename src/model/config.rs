@@ -64,16 +64,27 @@ const FIELD_KEYS: &[&str] = &[
 /// Vision Transformer hyper-parameters, as in Hugging Face `ViTConfig`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Width C of the token embeddings.
     pub hidden_size: usize,
+    /// Number L of encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (C must divide by it).
     pub num_attention_heads: usize,
+    /// Width of the MLP inside each layer.
     pub intermediate_size: usize,
+    /// The MLP activation.
     pub hidden_act: Activation,
+    /// Epsilon of every LayerNorm.
     pub layer_norm_eps: f64,
+    /// Side of the square input images the position embeddings are stored for.
     pub image_size: usize,
+    /// Side of the square patches.
     pub patch_size: usize,
+    /// Input channels (3 for RGB).
     pub num_channels: usize,
+    /// Whether the query/key/value projections have biases.
     pub qkv_bias: bool,
+    /// Standard deviation of the normal init of weights.
     pub initializer_range: f64,
     /// Class names; index = class id. Empty when the config has none.
     pub id2label: Vec<String>,

@@ -1,9 +1,12 @@
-//! The Vision Transformer model: config, weights, forward pass.
+//! The Vision Transformer model: config, parameter table, host tensors, forward pass.
 
 pub mod config;
+pub mod host;
 pub mod interp;
+pub mod params;
 pub mod vit;
-pub mod weights;
 
 pub use config::*;
+pub use host::HostTensor;
+pub use params::{Param, ParamTable};
 pub use vit::{Vit, VitOutput};

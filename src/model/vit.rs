@@ -1,26 +1,26 @@
 //! The Vision Transformer: parameters on the GPU and the forward pass (as in transformers'
 //! `ViTForImageClassification`: pre-norm blocks, final layer norm, classifier on CLS).
 
-use super::weights::{hf_to_internal, internal_to_hf, param_specs, ParamSpec};
-use super::Config;
-use crate::checkpoint::{Checkpoint, HostTensor};
+use super::params::{patch_grid, resize_position_embeddings, ParamTable, POSITION_EMBEDDINGS};
+use super::{Config, HostTensor};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::kernels::Act;
 use crate::tape::{Graph, Node, P};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+/// A ViT on the GPU: one weight (and, when training, one gradient buffer) per entry of its
+/// [`ParamTable`].
 pub struct Vit {
-    pub config: Config,
+    config: Config,
     /// Storage dtype of weights and activations.
-    pub dtype: DType,
+    dtype: DType,
     /// Input resolution (height, width) in pixels; the position embeddings match it.
-    pub res: (usize, usize),
-    pub specs: Vec<ParamSpec>,
-    pub weights: Vec<GpuTensor>,
-    /// Gradient buffers of the trainable parameters (set by the trainer).
-    pub grads: Vec<Option<GpuTensor>>,
-    index: HashMap<String, usize>,
+    res: (usize, usize),
+    table: ParamTable,
+    weights: Vec<GpuTensor>,
+    /// Gradient buffers of the trainable parameters.
+    grads: Vec<Option<GpuTensor>>,
 }
 
 /// What a forward pass gives back.
@@ -34,77 +34,126 @@ pub struct VitOutput {
 }
 
 impl Vit {
-    /// Uploads a checkpoint at `res` (default: the checkpoint's `image_size`), resizing the
-    /// position embeddings as transformers' `interpolate_pos_encoding=True` does.
-    pub fn load(
+    /// Uploads `tensors` (the [`ParamTable`]'s names and checkpoint shapes for
+    /// `config.image_size`) for inputs of `res` = (height, width) pixels (default: the
+    /// config's `image_size`), resizing the position embeddings as transformers'
+    /// `interpolate_pos_encoding=True` does. Tensors the table does not list are ignored.
+    pub fn new(
         gpu: &Gpu,
-        ckpt: &Checkpoint,
+        config: Config,
+        tensors: &BTreeMap<String, HostTensor>,
+        with_head: bool,
         dtype: DType,
         res: Option<(usize, usize)>,
     ) -> Result<Vit> {
-        let host = hf_to_internal(&ckpt.config, &ckpt.tensors, ckpt.has_classifier, res)?;
-        let res = res.unwrap_or((ckpt.config.image_size, ckpt.config.image_size));
-        Vit::from_host(gpu, ckpt.config.clone(), host, dtype, res)
-    }
-
-    /// Uploads parameters given in internal order (see [`param_specs`]).
-    pub fn from_host(
-        gpu: &Gpu,
-        config: Config,
-        host: Vec<(ParamSpec, Vec<f32>)>,
-        dtype: DType,
-        res: (usize, usize),
-    ) -> Result<Vit> {
-        let p = config.patch_size;
-        if !res.0.is_multiple_of(p) || !res.1.is_multiple_of(p) || res.0 == 0 || res.1 == 0 {
-            bail!(
-                "resolution {}x{} is not a multiple of the patch size {p}",
-                res.0,
-                res.1
-            );
-        }
-        let mut weights = Vec::with_capacity(host.len());
-        let mut specs = Vec::with_capacity(host.len());
-        for (spec, data) in host {
+        let res = res.unwrap_or((config.image_size, config.image_size));
+        let grid = patch_grid(&config, res)?;
+        let stored = ParamTable::new(&config, with_head);
+        let table = ParamTable::with_grid(&config, grid, with_head);
+        let mut weights = Vec::with_capacity(table.len());
+        for (s, p) in stored.iter().zip(&table) {
+            let t = tensors
+                .get(&s.name)
+                .with_context(|| format!("parameter {} is missing", s.name))?;
+            if t.shape != s.shape || t.data.len() != s.numel() {
+                bail!(
+                    "parameter {} has shape {:?} ({} values), expected {:?}",
+                    s.name,
+                    t.shape,
+                    t.data.len(),
+                    s.shape
+                );
+            }
+            let resized;
+            let data = if s.name == POSITION_EMBEDDINGS {
+                resized = resize_position_embeddings(&config, t, grid)?;
+                &resized.data
+            } else {
+                &t.data
+            };
             weights.push(
-                gpu.upload_weights(&data, &spec.shape, dtype)
-                    .with_context(|| format!("uploading {}", spec.name))?,
+                gpu.upload_weights(data, &p.gpu_shape, dtype)
+                    .with_context(|| format!("uploading {}", p.name))?,
             );
-            specs.push(spec);
         }
-        let index = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
-        let grads = vec![None; specs.len()];
+        let grads = vec![None; table.len()];
         Ok(Vit {
             config,
             dtype,
             res,
-            specs,
+            table,
             weights,
             grads,
-            index,
         })
     }
 
-    pub fn has_classifier(&self) -> bool {
-        self.index.contains_key("head.weight")
+    /// The model's hyper-parameters (`image_size` is the checkpoint's, which may differ from
+    /// the resolution the model runs at; see [`Vit::saved_config`]).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
+    /// Storage dtype of weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The parameters; index `i` here is parameter `i` of [`Vit::grad`] and [`Vit::bind_param`].
+    pub fn param_table(&self) -> &ParamTable {
+        &self.table
+    }
+
+    /// Number of classes (0 without a classifier).
     pub fn num_labels(&self) -> usize {
-        self.index
-            .get("head.weight")
-            .map_or(0, |&i| self.specs[i].shape[0])
+        self.table.iter().find(|p| p.head).map_or(0, |p| p.shape[0])
     }
 
-    pub fn param_index(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+    /// The gradient buffer of parameter `i`, if it is trained.
+    pub fn grad(&self, i: usize) -> Option<&GpuTensor> {
+        self.grads[i].as_ref()
+    }
+
+    /// Points parameter `i` at `weight` (storage owned elsewhere, e.g. a view of the
+    /// optimizer's flat buffer, holding the same values) and makes it trainable with gradient
+    /// buffer `grad`.
+    pub fn bind_param(&mut self, i: usize, weight: GpuTensor, grad: GpuTensor) -> Result<()> {
+        let p = &self.table[i];
+        if weight.shape != p.gpu_shape || grad.shape != p.gpu_shape || weight.dtype != self.dtype {
+            bail!(
+                "cannot bind {}: weight {:?} {:?} and gradient {:?}, expected {:?} {:?}",
+                p.name,
+                weight.shape,
+                weight.dtype,
+                grad.shape,
+                p.gpu_shape,
+                self.dtype
+            );
+        }
+        self.weights[i] = weight;
+        self.grads[i] = Some(grad);
+        Ok(())
+    }
+
+    /// Gives every parameter its own f32 gradient buffer (to backpropagate through the whole
+    /// model without an optimizer).
+    pub fn alloc_grads(&mut self, gpu: &Gpu) -> Result<()> {
+        for (g, p) in self.grads.iter_mut().zip(&self.table) {
+            *g = Some(gpu.alloc(&p.gpu_shape, DType::F32)?);
+        }
+        Ok(())
+    }
+
+    /// The config as it should be saved: `image_size` is the resolution the model runs at.
+    pub fn saved_config(&self) -> Config {
+        let mut c = self.config.clone();
+        if self.res.0 == self.res.1 {
+            c.image_size = self.res.0;
+        }
+        c
     }
 
     fn p(&self, name: &str) -> P<'_> {
-        let i = self.index[name];
+        let i = self.table.position(name).expect("parameter in table");
         P {
             w: &self.weights[i],
             grad: self.grads[i].as_ref(),
@@ -112,7 +161,7 @@ impl Vit {
     }
 
     fn opt(&self, name: &str) -> Option<P<'_>> {
-        self.index.contains_key(name).then(|| self.p(name))
+        self.table.position(name).map(|_| self.p(name))
     }
 
     /// Logits (or the final hidden states of a backbone) for pixels (B, C, H, W) f32.
@@ -121,6 +170,20 @@ impl Vit {
         Ok(out.logits.unwrap_or(out.last_hidden))
     }
 
+    /// The classifier alone on CLS features (B, C) after the final layer norm (a linear probe
+    /// on cached features); (B, num_labels) f32.
+    pub fn head(&self, g: &mut Graph, features: &GpuTensor) -> Result<Node> {
+        let Some(w) = self.opt("classifier.weight") else {
+            bail!("the model has no classifier head");
+        };
+        let x = Node {
+            t: features.clone(),
+            var: None,
+        };
+        g.linear(&x, w, self.opt("classifier.bias"), Act::None)
+    }
+
+    /// The forward pass, optionally keeping every layer's input (transformers' `hidden_states`).
     pub fn forward_all(
         &self,
         g: &mut Graph,
@@ -147,37 +210,73 @@ impl Vit {
         let mut hidden = Vec::new();
         let patches = g.patch_embed(
             pixels,
-            self.p("patch.weight"),
-            self.p("patch.bias"),
+            self.p("vit.embeddings.patch_embeddings.projection.weight"),
+            self.p("vit.embeddings.patch_embeddings.projection.bias"),
             c.patch_size,
         )?; // (B·Np, C)
-        let mut x = g.embed(&patches, b, self.p("cls"), self.p("pos"))?; // (B, T, C)
+        let mut x = g.embed(
+            &patches,
+            b,
+            self.p("vit.embeddings.cls_token"),
+            self.p(POSITION_EMBEDDINGS),
+        )?; // (B, T, C)
         for i in 0..c.num_hidden_layers {
             if keep_hidden {
                 hidden.push(x.t.clone());
             }
-            let l = |n: &str| self.p(&format!("layer.{i}.{n}"));
-            let hs = g.layernorm(&x, l("ln1.weight"), l("ln1.bias"), eps)?; // (B, T, C)
+            let name = |n: &str| format!("vit.encoder.layer.{i}.{n}");
+            let l = |n: &str| self.p(&name(n));
+            let hs = g.layernorm(
+                &x,
+                l("layernorm_before.weight"),
+                l("layernorm_before.bias"),
+                eps,
+            )?; // (B, T, C)
             let qkv = g.linear(
                 &hs,
-                l("qkv.weight"),
-                self.opt(&format!("layer.{i}.qkv.bias")),
+                l("attention.attention.qkv.weight"),
+                self.opt(&name("attention.attention.qkv.bias")),
                 Act::None,
             )?; // (B, T, 3C)
             let a = g.attention(&qkv, c.num_attention_heads)?; // (B, T, C)
-            let a = g.linear(&a, l("proj.weight"), Some(l("proj.bias")), Act::None)?; // (B, T, C)
+            let a = g.linear(
+                &a,
+                l("attention.output.dense.weight"),
+                Some(l("attention.output.dense.bias")),
+                Act::None,
+            )?; // (B, T, C)
             x = g.residual(&x, &a)?;
-            let hs = g.layernorm(&x, l("ln2.weight"), l("ln2.bias"), eps)?; // (B, T, C)
-            let m = g.linear(&hs, l("fc1.weight"), Some(l("fc1.bias")), act)?; // (B, T, I)
-            let m = g.linear(&m, l("fc2.weight"), Some(l("fc2.bias")), Act::None)?; // (B, T, C)
+            let hs = g.layernorm(
+                &x,
+                l("layernorm_after.weight"),
+                l("layernorm_after.bias"),
+                eps,
+            )?; // (B, T, C)
+            let m = g.linear(
+                &hs,
+                l("intermediate.dense.weight"),
+                Some(l("intermediate.dense.bias")),
+                act,
+            )?; // (B, T, I)
+            let m = g.linear(
+                &m,
+                l("output.dense.weight"),
+                Some(l("output.dense.bias")),
+                Act::None,
+            )?; // (B, T, C)
             x = g.residual(&x, &m)?;
         }
         if keep_hidden {
             hidden.push(x.t.clone());
         }
-        let x = g.layernorm(&x, self.p("ln.weight"), self.p("ln.bias"), eps)?; // (B, T, C)
-        let logits = match self.opt("head.weight") {
-            Some(hw) => Some(g.linear_cls(&x, hw, self.opt("head.bias"))?), // (B, L)
+        let x = g.layernorm(
+            &x,
+            self.p("vit.layernorm.weight"),
+            self.p("vit.layernorm.bias"),
+            eps,
+        )?; // (B, T, C)
+        let logits = match self.opt("classifier.weight") {
+            Some(hw) => Some(g.linear_cls(&x, hw, self.opt("classifier.bias"))?), // (B, L)
             None => None,
         };
         Ok(VitOutput {
@@ -185,29 +284,5 @@ impl Vit {
             last_hidden: x,
             logits,
         })
-    }
-
-    /// Parameters in Hugging Face names and shapes, read back from the GPU.
-    pub fn to_hf(&self, gpu: &Gpu) -> Result<BTreeMap<String, HostTensor>> {
-        let mut host = Vec::with_capacity(self.weights.len());
-        for (spec, w) in self.specs.iter().zip(&self.weights) {
-            host.push((spec.clone(), gpu.read(w)?));
-        }
-        internal_to_hf(&self.config, &host)
-    }
-
-    /// The config as it should be saved: image_size is the resolution trained at.
-    pub fn saved_config(&self) -> Config {
-        let mut c = self.config.clone();
-        if self.res.0 == self.res.1 {
-            c.image_size = self.res.0;
-        }
-        c
-    }
-
-    /// Specs of a fresh model (for random init).
-    pub fn specs_for(config: &Config, with_head: bool) -> Vec<ParamSpec> {
-        let g = config.image_size / config.patch_size;
-        param_specs(config, (g, g), with_head)
     }
 }

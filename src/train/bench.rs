@@ -4,8 +4,7 @@
 use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
 use crate::infer::Precision;
 use crate::kernels::{self, Act};
-use crate::model::weights::init_param;
-use crate::model::{Config, Vit};
+use crate::model::{Config, ParamTable, Vit};
 use crate::tape::Graph;
 use anyhow::Result;
 use std::time::Instant;
@@ -223,15 +222,9 @@ pub fn model_rows(
     let mut cfg = cfg.clone();
     cfg.id2label = (0..1000).map(|i| format!("c{i}")).collect();
     let mut rng = crate::data::Rng::new(0);
-    let g = res / cfg.patch_size;
-    let host: Vec<_> = crate::model::weights::param_specs(&cfg, (g, g), true)
-        .into_iter()
-        .map(|s| {
-            let v = init_param(&cfg, &s, &mut rng);
-            (s, v)
-        })
-        .collect();
-    let mut vit = Vit::from_host(gpu, cfg.clone(), host, dt, (res, res))?;
+    cfg.image_size = res;
+    let host = ParamTable::new(&cfg, true).init(&cfg, &mut rng);
+    let mut vit = Vit::new(gpu, cfg.clone(), &host, true, dt, None)?;
     let pixels = rand(gpu, &[batch, 3, res, res], DType::F32, 9)?;
     let gflop = forward_gflop(&cfg, res) * batch as f64;
     let mut rows = Vec::new();
@@ -248,14 +241,7 @@ pub fn model_rows(
         ms,
         gflop,
     });
-    let grads: Vec<GpuTensor> = vit
-        .specs
-        .iter()
-        .map(|s| gpu.alloc(&s.shape, DType::F32))
-        .collect::<Result<_>>()?;
-    for (k, gt) in grads.into_iter().enumerate() {
-        vit.grads[k] = Some(gt);
-    }
+    vit.alloc_grads(gpu)?;
     let labels = gpu.upload_u32(&vec![1; batch]);
     let ms = time_ms(gpu, iters, || {
         let mut g = Graph::new(gpu, dt);

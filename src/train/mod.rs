@@ -10,11 +10,11 @@ use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
 use crate::infer::{predict_samples, preprocessor_for, Precision};
 use crate::kernels::adamw::AdamWStep;
 use crate::kernels::softmax::{cross_entropy_backward, cross_entropy_forward};
-use crate::model::weights::{init_param, ParamSpec};
-use crate::model::{Config, Vit};
-use crate::tape::{Graph, Node, P};
+use crate::model::{params, Config, HostTensor, ParamTable, Vit};
+use crate::tape::Graph;
 use anyhow::{bail, Context, Result};
 use optim::{lr_factor, FlatParams, LossScaler, Schedule};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +135,8 @@ enum Mode {
 /// Everything a run needs, prepared from the arguments.
 struct Setup {
     config: Config,
-    host: Vec<(ParamSpec, Vec<f32>)>,
+    /// Initial parameter values (table names) at the training resolution.
+    host: BTreeMap<String, HostTensor>,
     dataset: Dataset,
     pre: PreprocessorConfig,
     save_dtype: StoredDtype,
@@ -157,13 +158,9 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
         let ckpt = checkpoint::load(dir)?;
         let res = a.res.unwrap_or(ckpt.config.image_size);
         let pre = preprocessor_for(&ckpt, Some(res))?;
-        let host = crate::model::weights::hf_to_internal(
-            &ckpt.config,
-            &ckpt.tensors,
-            ckpt.has_classifier,
-            Some((res, res)),
-        )?;
         let mut config = ckpt.config.clone();
+        let mut host = ckpt.tensors;
+        params::to_resolution(&mut config, &mut host, res)?;
         if !ckpt.has_classifier {
             config.id2label.clear();
         }
@@ -178,10 +175,7 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
         }
         config.id2label.clear();
         config.validate()?;
-        let host = Vit::specs_for(&config, false)
-            .into_iter()
-            .map(|s| (s.clone(), init_param(&config, &s, &mut rng)))
-            .collect();
+        let host = ParamTable::new(&config, false).init(&config, &mut rng);
         let mut pre = PreprocessorConfig::default().with_size(config.image_size, config.image_size);
         if demo {
             pre.resample = 2;
@@ -204,13 +198,8 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
     // Keep the head when it already predicts exactly the dataset's classes (rows reordered by
     // name); otherwise start a new one as transformers does.
     let old = config.id2label.clone();
-    let param = |host: &[(ParamSpec, Vec<f32>)], name: &str| {
-        host.iter()
-            .find(|(s, _)| s.name == name)
-            .map(|(_, v)| v.clone())
-    };
-    let old_head = param(&host, "head.weight").zip(param(&host, "head.bias"));
-    host.retain(|(s, _)| !s.name.starts_with("head."));
+    let [old_w, old_b] = ParamTable::head(&config).map(|p| host.remove(&p.name));
+    let old_head = old_w.zip(old_b).map(|(w, b)| (w.data, b.data));
     let same =
         old.len() == dataset.classes.len() && dataset.classes.iter().all(|c| old.contains(c));
     let mut head: Option<(Vec<f32>, Vec<f32>)> = None;
@@ -238,32 +227,15 @@ fn prepare(a: &FinetuneArgs) -> Result<Setup> {
         );
     }
     config.id2label = dataset.classes.clone();
-    let c = config.hidden_size;
-    let n = dataset.classes.len();
+    let [hw_param, hb_param] = ParamTable::head(&config);
     let (hw, hb) = head.unwrap_or_else(|| {
         (
-            crate::model::weights::normal(&mut rng, n * c, config.initializer_range),
-            vec![0.0; n],
+            hw_param.init_values(&config, &mut rng),
+            hb_param.init_values(&config, &mut rng),
         )
     });
-    host.push((
-        ParamSpec {
-            name: "head.weight".into(),
-            shape: vec![n, c],
-            decay: true,
-            layer: None,
-        },
-        hw,
-    ));
-    host.push((
-        ParamSpec {
-            name: "head.bias".into(),
-            shape: vec![n],
-            decay: false,
-            layer: None,
-        },
-        hb,
-    ));
+    host.insert(hw_param.name, HostTensor::new(hw_param.shape, hw)?);
+    host.insert(hb_param.name, HostTensor::new(hb_param.shape, hb)?);
     let pre = pre.with_size(res, res);
     Ok(Setup {
         config,
@@ -333,29 +305,31 @@ fn finetune(gpu: &Gpu, a: &FinetuneArgs, setup: Setup) -> Result<Report> {
     } else {
         Mode::Full
     };
-    let mut vit = Vit::from_host(
+    let mut vit = Vit::new(
         gpu,
         setup.config.clone(),
-        setup.host.clone(),
+        &setup.host,
+        true,
         dtype,
-        (res, res),
+        Some((res, res)),
     )?;
+    // Layer indices: 0 embeddings, 1..=L encoder layers, L + 1 final norm and head.
     let trainable: Vec<usize> = vit
-        .specs
+        .param_table()
         .iter()
         .enumerate()
-        .filter(|(_, s)| match mode {
+        .filter(|(_, p)| match mode {
             Mode::Full => true,
-            Mode::HeadOnly => s.name.starts_with("head."),
-            Mode::Last(k) => {
-                s.name.starts_with("head.")
-                    || s.name.starts_with("ln.")
-                    || s.layer.is_some_and(|l| l + k >= n_layers)
-            }
+            Mode::HeadOnly => p.head,
+            Mode::Last(k) => p.layer + k > n_layers,
         })
         .map(|(i, _)| i)
         .collect();
-    let host_vals: Vec<Vec<f32>> = setup.host.iter().map(|(_, v)| v.clone()).collect();
+    let host_vals: Vec<Vec<f32>> = vit
+        .param_table()
+        .iter()
+        .map(|p| setup.host[&p.name].data.clone())
+        .collect();
     let flat = FlatParams::new(gpu, &mut vit, &trainable, &host_vals)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("cannot create output folder {}", a.output.display()))?;
@@ -365,7 +339,7 @@ fn finetune(gpu: &Gpu, a: &FinetuneArgs, setup: Setup) -> Result<Report> {
     eprintln!(
         "training {} of {} parameters ({} images, {} classes, {res}×{res}, {:?})",
         flat.count(),
-        setup.host.iter().map(|(_, v)| v.len()).sum::<usize>(),
+        setup.host.values().map(|t| t.data.len()).sum::<usize>(),
         setup.dataset.train.len(),
         setup.dataset.classes.len(),
         a.precision
@@ -602,11 +576,11 @@ impl Run<'_> {
         let mut g;
         let logits = if cached {
             g = Graph::new(gpu, DType::F32);
-            let c = self.vit.config.hidden_size;
+            let c = self.vit.config().hidden_size;
             let f = gpu.upload(&batch.pixels, &[b, c], DType::F32)?;
-            self.head(&mut g, &f)?
+            self.vit.head(&mut g, &f)?
         } else {
-            g = Graph::new(gpu, self.vit.dtype);
+            g = Graph::new(gpu, self.vit.dtype());
             let pixels = gpu.upload(&batch.pixels, &[b, 3, self.res, self.res], DType::F32)?;
             self.vit.forward(&mut g, &pixels)?
         };
@@ -624,32 +598,10 @@ impl Run<'_> {
         Ok(losses)
     }
 
-    fn head(&self, g: &mut Graph, features: &GpuTensor) -> Result<Node> {
-        let wi = self.vit.param_index("head.weight").unwrap();
-        let bi = self.vit.param_index("head.bias").unwrap();
-        let w = P {
-            w: &self.vit.weights[wi],
-            grad: self.vit.grads[wi].as_ref(),
-        };
-        let bb = P {
-            w: &self.vit.weights[bi],
-            grad: self.vit.grads[bi].as_ref(),
-        };
-        g.linear(
-            &Node {
-                t: features.clone(),
-                var: None,
-            },
-            w,
-            Some(bb),
-            crate::kernels::Act::None,
-        )
-    }
-
     /// CLS features after the final layer norm, (N, C) on the host.
     fn features(&self, samples: &[Sample], batch_size: usize) -> Result<Vec<Option<Vec<f32>>>> {
         let gpu = self.gpu;
-        let c = self.vit.config.hidden_size;
+        let c = self.vit.config().hidden_size;
         let order: Vec<usize> = (0..samples.len()).collect();
         let loader = Loader::start(
             samples.to_vec(),
@@ -667,7 +619,7 @@ impl Run<'_> {
             }
             let b = batch.labels.len();
             let pixels = gpu.upload(&batch.pixels, &[b, 3, self.res, self.res], DType::F32)?;
-            let mut g = Graph::no_grad(gpu, self.vit.dtype);
+            let mut g = Graph::no_grad(gpu, self.vit.dtype());
             let o = self.vit.forward_all(&mut g, &pixels, false)?;
             let x = gpu.read(&o.last_hidden.t)?;
             let t = o.last_hidden.t.shape[1];
@@ -693,11 +645,13 @@ impl Run<'_> {
                 continue;
             }
             let b = batch.labels.len();
-            let f =
-                self.gpu
-                    .upload(&batch.pixels, &[b, self.vit.config.hidden_size], DType::F32)?;
+            let f = self.gpu.upload(
+                &batch.pixels,
+                &[b, self.vit.config().hidden_size],
+                DType::F32,
+            )?;
             let mut g = Graph::no_grad(self.gpu, DType::F32);
-            let l = self.head(&mut g, &f)?;
+            let l = self.vit.head(&mut g, &f)?;
             logits_all.extend(self.gpu.read(&l.t)?);
             labels_all.extend(batch.labels);
         }
@@ -721,19 +675,16 @@ impl Run<'_> {
     /// Writes the Hugging Face checkpoint (atomically, file by file).
     fn save(&self) -> Result<()> {
         let mut host = self.setup.host.clone();
+        let table = self.vit.param_table();
         for (i, vals) in self.flat.read_master(self.gpu)? {
-            host[i].1 = vals;
+            if let Some(t) = host.get_mut(&table[i].name) {
+                t.data = vals;
+            }
         }
-        let config = {
-            let mut c = self.vit.config.clone();
-            c.image_size = self.res;
-            c
-        };
-        let tensors = crate::model::weights::internal_to_hf(&config, &host)?;
         checkpoint::save(
             &self.out,
-            &config,
-            &tensors,
+            &self.vit.saved_config(),
+            &host,
             self.setup.save_dtype,
             &self.setup.pre.to_json(),
         )
@@ -774,7 +725,7 @@ pub fn eval_cmd(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
         (ds.train.clone(), "all".to_string())
     };
     let (gpu, vit, pre) = crate::infer::open_model(&a.model, adapter, a.precision, a.res)?;
-    let labels = &vit.config.id2label;
+    let labels = &vit.config().id2label;
     // Dataset class ids → model label ids, by name.
     let mut map = Vec::new();
     for c in &ds.classes {

@@ -35,10 +35,15 @@ impl FlatParams {
         let mut order: Vec<usize> = trainable
             .iter()
             .copied()
-            .filter(|&i| vit.specs[i].decay)
+            .filter(|&i| vit.param_table()[i].decay)
             .collect();
         let n_decay_params = order.len();
-        order.extend(trainable.iter().copied().filter(|&i| !vit.specs[i].decay));
+        order.extend(
+            trainable
+                .iter()
+                .copied()
+                .filter(|&i| !vit.param_table()[i].decay),
+        );
         let mut entries = Vec::new();
         let mut off = 0;
         let mut n_decay = 0;
@@ -57,7 +62,7 @@ impl FlatParams {
         }
         let master = gpu.upload_weights(&flat, &[total], DType::F32)?;
         let grads = gpu.alloc(&[total], DType::F32)?;
-        let half = if vit.dtype == DType::F16 {
+        let half = if vit.dtype() == DType::F16 {
             let h = gpu.alloc(&[total], DType::F16)?;
             cast_f16(gpu, &h, &master);
             Some(h)
@@ -65,12 +70,12 @@ impl FlatParams {
             None
         };
         for &(i, o, _) in &entries {
-            let shape = vit.specs[i].shape.clone();
-            vit.weights[i] = match &half {
+            let shape = vit.param_table()[i].gpu_shape.clone();
+            let weight = match &half {
                 Some(h) => h.view(o, &shape),
                 None => master.view(o, &shape),
             };
-            vit.grads[i] = Some(grads.view(o, &shape));
+            vit.bind_param(i, weight, grads.view(o, &shape))?;
         }
         Ok(FlatParams {
             m: gpu.alloc(&[total], DType::F32)?,

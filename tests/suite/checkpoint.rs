@@ -1,15 +1,16 @@
-//! Checkpoint tests: save/load round trips in every dtype, sharding, error cases, and loading the transformers- and timm-written fixtures in tests/fixtures/models.
+//! Checkpoint tests: the parameter table against the fixtures' tensor names, save/load round
+//! trips in every dtype, sharding, error cases, and loading the transformers- and timm-written
+//! fixtures in tests/fixtures/models.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::common::{fixture_path, read_safetensors, Lcg};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
-use vitgpu::checkpoint::{
-    expected_tensors, load, save, Checkpoint, CheckpointFormat, HostTensor, StoredDtype,
-};
-use vitgpu::model::{Activation, Config};
+use vitgpu::checkpoint::{load, save, Checkpoint, CheckpointFormat, StoredDtype};
+use vitgpu::model::{Activation, Config, HostTensor, ParamTable};
 
 /// A fresh empty directory under the system temp dir, removed again on drop.
 struct TempDir(PathBuf);
@@ -29,19 +30,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 
@@ -68,13 +56,13 @@ fn random_tensors(
     with_classifier: bool,
     seed: u64,
 ) -> BTreeMap<String, HostTensor> {
-    let mut rng = Lcg(seed);
-    expected_tensors(config, with_classifier)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product();
-            let data = (0..n).map(|_| rng.next()).collect();
-            (name, HostTensor { shape, data })
+    let mut rng = Lcg::new(seed);
+    ParamTable::new(config, with_classifier)
+        .iter()
+        .map(|p| {
+            let data = (0..p.numel()).map(|_| rng.next_f32()).collect();
+            let t = HostTensor::new(p.shape.clone(), data).unwrap();
+            (p.name.clone(), t)
         })
         .collect()
 }
@@ -113,10 +101,14 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dt
 /// Named tensors as plain (name, shape, data) triples, for writing files by hand.
 type TensorList = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-fn as_list(t: &BTreeMap<String, HostTensor>) -> TensorList {
-    t.iter()
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
-        .collect()
+/// The tensors of `dir/model.safetensors` under their names in the file, sorted by name.
+fn file_list(dir: &Path) -> TensorList {
+    let mut l: TensorList = read_safetensors(&dir.join("model.safetensors"))
+        .into_iter()
+        .map(|(n, (s, d))| (n, s, d))
+        .collect();
+    l.sort_by(|a, b| a.0.cmp(&b.0));
+    l
 }
 
 /// Asserts both maps hold the same names and shapes, and values within `rel` relative error.
@@ -183,7 +175,13 @@ fn round_trip_in_every_dtype() {
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.len(), tensors.len());
+        // Each fused query/key/value parameter is written as its three Hugging Face tensors.
+        let table = ParamTable::new(&config, true);
+        let hf = table.hf_tensors();
+        assert_eq!(st.len(), hf.len());
+        for (name, shape) in &hf {
+            assert_eq!(st.tensor(name).unwrap().shape(), shape.as_slice(), "{name}");
+        }
         let want = match dtype {
             StoredDtype::F32 => Dtype::F32,
             StoredDtype::F16 => Dtype::F16,
@@ -226,8 +224,11 @@ fn backbone_without_bias_round_trips_and_save_creates_dir() {
     assert!(!ck.tensors.contains_key("classifier.weight"));
     assert!(!ck
         .tensors
-        .contains_key("vit.encoder.layer.0.attention.attention.query.bias"));
+        .contains_key("vit.encoder.layer.0.attention.attention.qkv.bias"));
     assert_close(&ck.tensors, &tensors, 0.0);
+    assert!(file_list(&dir)
+        .iter()
+        .all(|(n, _, _)| !n.ends_with("query.bias")));
 }
 
 #[test]
@@ -295,8 +296,8 @@ fn save_rejects_bad_tensors() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = TempDir::new("missing");
-    let (_, tensors) = save_small(dir.path(), StoredDtype::F32);
-    let mut list = as_list(&tensors);
+    save_small(dir.path(), StoredDtype::F32);
+    let mut list = file_list(dir.path());
     list.retain(|(n, _, _)| n != "vit.encoder.layer.1.attention.attention.key.weight");
     write_safetensors(&dir.path().join("model.safetensors"), &list, Dtype::F32);
     let e = err_text(load(dir.path()));
@@ -309,8 +310,8 @@ fn missing_tensor_is_named() {
 #[test]
 fn wrong_shape_names_expected_and_found() {
     let dir = TempDir::new("shape");
-    let (_, tensors) = save_small(dir.path(), StoredDtype::F32);
-    let mut list = as_list(&tensors);
+    save_small(dir.path(), StoredDtype::F32);
+    let mut list = file_list(dir.path());
     for (n, s, d) in &mut list {
         if n == "vit.encoder.layer.0.intermediate.dense.weight" {
             *s = vec![12, 20];
@@ -330,8 +331,8 @@ fn wrong_shape_names_expected_and_found() {
 #[test]
 fn classifier_must_match_labels() {
     let dir = TempDir::new("labels");
-    let (_, tensors) = save_small(dir.path(), StoredDtype::F32);
-    let mut list = as_list(&tensors);
+    save_small(dir.path(), StoredDtype::F32);
+    let mut list = file_list(dir.path());
     for (n, s, d) in &mut list {
         if n == "classifier.weight" {
             *s = vec![4, 12];
@@ -374,9 +375,9 @@ fn corrupt_or_truncated_safetensors_is_an_error() {
     let path = dir.path().join("model.safetensors");
     let good = fs::read(&path).unwrap();
 
-    let mut rng = Lcg(99);
+    let mut rng = Lcg::new(99);
     let junk: Vec<u8> = (0..4096)
-        .map(|_| (rng.next() * 127.0 + 128.0) as u8)
+        .map(|_| (rng.next_f32() * 127.0 + 128.0) as u8)
         .collect();
     fs::write(&path, &junk).unwrap();
     let e = err_text(load(dir.path()));
@@ -452,8 +453,8 @@ fn not_a_checkpoint_directory() {
 #[test]
 fn unsupported_dtype_names_the_tensor() {
     let dir = TempDir::new("f64");
-    let (_, tensors) = save_small(dir.path(), StoredDtype::F32);
-    let list = as_list(&tensors);
+    save_small(dir.path(), StoredDtype::F32);
+    let list = file_list(dir.path());
     let (f64s, rest): (Vec<_>, Vec<_>) = list
         .into_iter()
         .partition(|(n, _, _)| n == "vit.layernorm.bias");
@@ -481,7 +482,16 @@ fn self_written_shards_load() {
     let dir = TempDir::new("shards");
     let config = small_config();
     let tensors = random_tensors(&config, true, 11);
-    let list = as_list(&tensors);
+    save(
+        dir.path(),
+        &config,
+        &tensors,
+        StoredDtype::F32,
+        &Value::Null,
+    )
+    .unwrap();
+    let list = file_list(dir.path());
+    fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let (one, two): (Vec<_>, Vec<_>) = list
         .into_iter()
         .partition(|(n, _, _)| n.contains("layer.0") || n.starts_with("vit.emb"));
@@ -512,8 +522,18 @@ fn self_written_shards_load() {
     // Shard 2 holds layer 1 + final norm + classifier in f16: fewer elements than shard 1.
     assert_eq!(ck.dtype, StoredDtype::F32);
     for (n, _, d) in &one {
-        assert_eq!(&ck.tensors[n].data, d, "{n} was stored as f32");
+        if let Some(t) = ck.tensors.get(n) {
+            assert_eq!(&t.data, d, "{n} was stored as f32");
+        }
     }
+    let qkv = "vit.encoder.layer.0.attention.attention.qkv.weight";
+    let query = "vit.encoder.layer.0.attention.attention.query.weight";
+    let (_, _, q) = one.iter().find(|(n, _, _)| n == query).unwrap();
+    assert_eq!(
+        &ck.tensors[qkv].data[..q.len()],
+        q,
+        "{query} was stored as f32"
+    );
 
     // A shard named in the index but absent is reported by name.
     fs::remove_file(dir.path().join(s2)).unwrap();
@@ -527,7 +547,15 @@ fn bare_vit_model_names_map_and_pooler_is_ignored() {
     let mut config = small_config();
     config.id2label.clear();
     let tensors = random_tensors(&config, false, 5);
-    let mut list: Vec<_> = as_list(&tensors)
+    save(
+        dir.path(),
+        &config,
+        &tensors,
+        StoredDtype::F32,
+        &Value::Null,
+    )
+    .unwrap();
+    let mut list: Vec<_> = file_list(dir.path())
         .into_iter()
         .map(|(n, s, d)| (n.strip_prefix("vit.").unwrap().to_string(), s, d))
         .collect();
@@ -545,29 +573,20 @@ fn bare_vit_model_names_map_and_pooler_is_ignored() {
 // Fixtures written by transformers / timm (tests/fixtures/models).
 
 fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name);
+    let p = fixture_path(&format!("models/{name}"));
     assert!(p.is_dir(), "fixture {} is missing", p.display());
     p
 }
 
-fn load_fixture(name: &str) -> Checkpoint {
+fn load_model(name: &str) -> Checkpoint {
     load(&fixture(name)).unwrap_or_else(|e| panic!("loading fixture {name}: {e:#}"))
 }
 
-/// Reads one tensor of a safetensors file directly (F32 only), bypassing the loader.
+/// Reads one tensor of a safetensors file directly, bypassing the loader.
 fn raw_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st.tensor(name).unwrap();
-    assert_eq!(v.dtype(), Dtype::F32, "{name}");
-    let data = v
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (v.shape().to_vec(), data)
+    read_safetensors(path)
+        .remove(name)
+        .unwrap_or_else(|| panic!("{} has no tensor {name}", path.display()))
 }
 
 fn check_tiny_config(c: &Config) {
@@ -582,9 +601,69 @@ fn check_tiny_config(c: &Config) {
     assert!(c.qkv_bias);
 }
 
+/// (name, shape) of every tensor in a fixture's model.safetensors, sorted by name.
+fn file_names_and_shapes(model: &str) -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<_> = read_safetensors(&fixture(model).join("model.safetensors"))
+        .into_iter()
+        .map(|(n, (s, _))| (n, s))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn parameter_table_matches_transformers_and_timm_files() {
+    // Hugging Face: the table's tensors are exactly the state_dict transformers saved.
+    for model in ["vit_tiny_cls", "vit_tanh_nobias"] {
+        let config = load_model(model).config;
+        let table = ParamTable::new(&config, true);
+        let mut ours: Vec<(String, Vec<usize>)> = table
+            .hf_tensors()
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        ours.sort();
+        assert_eq!(ours, file_names_and_shapes(model), "{model}");
+    }
+    // timm: the table's timm names and shapes are exactly timm's state_dict.
+    let config = load_model("vit_timm").config;
+    let table = ParamTable::new(&config, true);
+    let mut ours: Vec<(String, Vec<usize>)> = table
+        .iter()
+        .map(|p| (p.timm.clone(), p.shape.clone()))
+        .collect();
+    ours.sort();
+    assert_eq!(ours, file_names_and_shapes("vit_timm"));
+
+    // Layer index, decay group (the HF Trainer's: none for biases and LayerNorm weights) and
+    // head flag, checked against the Hugging Face names.
+    let layers = config.num_hidden_layers;
+    for p in &table {
+        let want_layer = if p.name.starts_with("vit.embeddings.") {
+            0
+        } else if let Some(rest) = p.name.strip_prefix("vit.encoder.layer.") {
+            rest.split('.').next().unwrap().parse::<usize>().unwrap() + 1
+        } else {
+            assert!(
+                p.name.starts_with("vit.layernorm.") || p.name.starts_with("classifier."),
+                "{}",
+                p.name
+            );
+            layers + 1
+        };
+        assert_eq!(p.layer, want_layer, "{}", p.name);
+        let no_decay = p.name.ends_with(".bias") || p.name.contains("layernorm");
+        assert_eq!(p.decay, !no_decay, "{}", p.name);
+        assert_eq!(p.head, p.name.starts_with("classifier."), "{}", p.name);
+    }
+    assert_eq!(table.iter().filter(|p| p.head).count(), 2);
+    assert_eq!(table.iter().filter(|p| p.layer == 0).count(), 4);
+    assert_eq!(table.iter().filter(|p| p.layer == layers + 1).count(), 4);
+}
+
 #[test]
 fn fixture_vit_tiny_cls() {
-    let ck = load_fixture("vit_tiny_cls");
+    let ck = load_model("vit_tiny_cls");
     check_tiny_config(&ck.config);
     assert_eq!(ck.config.layer_norm_eps, 1e-12);
     assert_eq!(ck.config.id2label, ["cat", "dog", "fish", "bird", "frog"]);
@@ -592,7 +671,8 @@ fn fixture_vit_tiny_cls() {
     assert!(ck.has_classifier);
     assert_eq!(ck.dtype, StoredDtype::F32);
     assert_eq!(ck.source, CheckpointFormat::HuggingFace);
-    assert_eq!(ck.tensors.len(), 4 + 2 * 16 + 2 + 2);
+    // 4 embedding + 12 per layer (query/key/value fused) + 2 final norm + 2 classifier.
+    assert_eq!(ck.tensors.len(), 4 + 2 * 12 + 2 + 2);
     assert_eq!(
         ck.tensors["vit.embeddings.position_embeddings"].shape,
         [1, 17, 96]
@@ -608,21 +688,25 @@ fn fixture_vit_tiny_cls() {
     assert_eq!(ck.tensors["classifier.weight"].shape, [5, 96]);
     let pre = ck.preprocessor.as_ref().unwrap();
     assert_eq!(pre["size"]["height"], 32);
-    // Values are the file's own.
-    let file = fixture("vit_tiny_cls").join("model.safetensors");
-    let (_, raw) = raw_f32(
-        &file,
-        "vit.encoder.layer.0.attention.attention.value.weight",
-    );
+    // Values are the file's own; query, key and value are stacked in that order.
+    let raw = read_safetensors(&fixture("vit_tiny_cls").join("model.safetensors"));
+    for kind in ["weight", "bias"] {
+        let pre = "vit.encoder.layer.0.attention.attention";
+        let fused: Vec<f32> = ["query", "key", "value"]
+            .iter()
+            .flat_map(|q| raw[&format!("{pre}.{q}.{kind}")].1.clone())
+            .collect();
+        assert_eq!(ck.tensors[&format!("{pre}.qkv.{kind}")].data, fused);
+    }
     assert_eq!(
-        ck.tensors["vit.encoder.layer.0.attention.attention.value.weight"].data,
-        raw
+        ck.tensors["vit.encoder.layer.0.attention.attention.qkv.weight"].shape,
+        [3 * 96, 96]
     );
 }
 
 #[test]
 fn fixture_vit_tanh_nobias() {
-    let ck = load_fixture("vit_tanh_nobias");
+    let ck = load_model("vit_tanh_nobias");
     let c = &ck.config;
     assert_eq!(c.hidden_act, Activation::GeluTanh);
     assert!(!c.qkv_bias);
@@ -631,10 +715,10 @@ fn fixture_vit_tanh_nobias() {
     assert_eq!((c.image_size, c.patch_size), (24, 6));
     assert_eq!(c.id2label, ["a", "b", "c"]);
     assert!(ck.has_classifier);
-    assert_eq!(ck.tensors.len(), 4 + 3 * 13 + 2 + 2);
+    assert_eq!(ck.tensors.len(), 4 + 3 * 11 + 2 + 2);
     assert!(!ck
         .tensors
-        .contains_key("vit.encoder.layer.0.attention.attention.query.bias"));
+        .contains_key("vit.encoder.layer.0.attention.attention.qkv.bias"));
     assert_eq!(
         ck.tensors["vit.embeddings.position_embeddings"].shape,
         [1, 17, 96]
@@ -644,11 +728,11 @@ fn fixture_vit_tanh_nobias() {
 
 #[test]
 fn fixture_vit_backbone() {
-    let ck = load_fixture("vit_backbone");
+    let ck = load_model("vit_backbone");
     check_tiny_config(&ck.config);
     assert!(!ck.has_classifier);
     assert_eq!(ck.config.num_labels(), 0);
-    assert_eq!(ck.tensors.len(), 4 + 2 * 16 + 2);
+    assert_eq!(ck.tensors.len(), 4 + 2 * 12 + 2);
     assert!(ck.tensors.keys().all(|k| k.starts_with("vit.")));
     // The file itself uses bare ViTModel names (a pooler, when present, is ignored).
     let bytes = fs::read(fixture("vit_backbone").join("model.safetensors")).unwrap();
@@ -666,13 +750,13 @@ fn fixture_vit_backbone() {
 
 #[test]
 fn fixture_half_precision_and_sharded_match_f32() {
-    let base = load_fixture("vit_tiny_cls");
+    let base = load_model("vit_tiny_cls");
     for (name, dtype, rel) in [
         ("vit_tiny_f16", StoredDtype::F16, 1.0 / 1024.0),
         ("vit_tiny_bf16", StoredDtype::BF16, 1.0 / 128.0),
         ("vit_tiny_sharded", StoredDtype::F32, 0.0),
     ] {
-        let ck = load_fixture(name);
+        let ck = load_model(name);
         assert_eq!(ck.dtype, dtype, "{name}");
         assert_eq!(ck.config, base.config, "{name}");
         assert!(ck.has_classifier, "{name}");
@@ -693,53 +777,67 @@ fn fixture_half_precision_and_sharded_match_f32() {
 
 #[test]
 fn fixture_vit_timm() {
-    let ck = load_fixture("vit_timm");
+    let ck = load_model("vit_timm");
     let c = &ck.config;
     assert_eq!(ck.source, CheckpointFormat::Timm);
     check_tiny_config(c);
     assert_eq!(c.layer_norm_eps, 1e-6);
     assert_eq!(c.id2label, ["w", "x", "y", "z"]);
     assert!(ck.has_classifier);
-    assert_eq!(ck.tensors.len(), 4 + 2 * 16 + 2 + 2);
+    assert_eq!(ck.tensors.len(), 4 + 2 * 12 + 2 + 2);
     assert_eq!(ck.tensors["classifier.weight"].shape, [4, 96]);
     let pre = ck.preprocessor.as_ref().unwrap();
     assert_eq!(pre["resample"], 2);
     assert_eq!(pre["size"], json!({"height": 32, "width": 32}));
     assert_eq!(pre["image_mean"], json!([0.5, 0.5, 0.5]));
 
-    // query/key/value are rows [0,C), [C,2C), [2C,3C) of timm's fused qkv.
+    // timm's tensors are taken as they are (its qkv is fused as ours)...
     let file = fixture("vit_timm").join("model.safetensors");
     let c = 96;
     for l in 0..2 {
-        let (shape, w) = raw_f32(&file, &format!("blocks.{l}.attn.qkv.weight"));
-        assert_eq!(shape, [3 * c, c]);
-        let (_, b) = raw_f32(&file, &format!("blocks.{l}.attn.qkv.bias"));
-        for (k, part) in ["query", "key", "value"].iter().enumerate() {
-            let pre = format!("vit.encoder.layer.{l}.attention.attention.{part}");
-            let tw = &ck.tensors[&format!("{pre}.weight")];
-            assert_eq!(tw.shape, [c, c]);
-            assert_eq!(tw.data, w[k * c * c..(k + 1) * c * c], "{pre}.weight");
-            assert_eq!(
-                ck.tensors[&format!("{pre}.bias")].data,
-                b[k * c..(k + 1) * c],
-                "{pre}.bias"
-            );
+        let h = format!("vit.encoder.layer.{l}");
+        for (timm, ours) in [
+            ("attn.qkv.weight", "attention.attention.qkv.weight"),
+            ("attn.qkv.bias", "attention.attention.qkv.bias"),
+            ("mlp.fc2.weight", "output.dense.weight"),
+            ("norm1.weight", "layernorm_before.weight"),
+        ] {
+            let (shape, raw) = raw_f32(&file, &format!("blocks.{l}.{timm}"));
+            let t = &ck.tensors[&format!("{h}.{ours}")];
+            assert_eq!((&t.shape, &t.data), (&shape, &raw), "{h}.{ours}");
         }
-        let (_, fc2) = raw_f32(&file, &format!("blocks.{l}.mlp.fc2.weight"));
-        assert_eq!(
-            ck.tensors[&format!("vit.encoder.layer.{l}.output.dense.weight")].data,
-            fc2
-        );
-        let (_, n1) = raw_f32(&file, &format!("blocks.{l}.norm1.weight"));
-        assert_eq!(
-            ck.tensors[&format!("vit.encoder.layer.{l}.layernorm_before.weight")].data,
-            n1
-        );
     }
     let (_, head) = raw_f32(&file, "head.weight");
     assert_eq!(ck.tensors["classifier.weight"].data, head);
     let (_, norm) = raw_f32(&file, "norm.bias");
     assert_eq!(ck.tensors["vit.layernorm.bias"].data, norm);
+
+    // ...and saved for transformers, query/key/value are rows [0,C), [C,2C), [2C,3C) of it.
+    let dir = TempDir::new("timm-split");
+    save(
+        dir.path(),
+        &ck.config,
+        &ck.tensors,
+        StoredDtype::F32,
+        &Value::Null,
+    )
+    .unwrap();
+    let hf = read_safetensors(&dir.path().join("model.safetensors"));
+    for l in 0..2 {
+        let (_, w) = raw_f32(&file, &format!("blocks.{l}.attn.qkv.weight"));
+        let (_, b) = raw_f32(&file, &format!("blocks.{l}.attn.qkv.bias"));
+        for (k, part) in ["query", "key", "value"].iter().enumerate() {
+            let pre = format!("vit.encoder.layer.{l}.attention.attention.{part}");
+            let (shape, tw) = &hf[&format!("{pre}.weight")];
+            assert_eq!(shape, &[c, c]);
+            assert_eq!(tw[..], w[k * c * c..(k + 1) * c * c], "{pre}.weight");
+            assert_eq!(
+                hf[&format!("{pre}.bias")].1[..],
+                b[k * c..(k + 1) * c],
+                "{pre}.bias"
+            );
+        }
+    }
 }
 
 #[test]
@@ -818,7 +916,7 @@ fn timm_variants_we_cannot_represent_are_named() {
 
 #[test]
 fn fixture_saved_back_reloads_identically() {
-    let ck = load_fixture("vit_tiny_cls");
+    let ck = load_model("vit_tiny_cls");
     for dtype in [StoredDtype::F32, StoredDtype::BF16] {
         let dir = TempDir::new(&format!("resave-{dtype:?}"));
         save(
@@ -850,7 +948,7 @@ fn fixture_saved_back_reloads_identically() {
         assert_eq!(cfg["hidden_dropout_prob"], 0.0);
     }
     // The timm model saves as a Hugging Face checkpoint.
-    let timm = load_fixture("vit_timm");
+    let timm = load_model("vit_timm");
     let dir = TempDir::new("timm-to-hf");
     save(
         dir.path(),

@@ -1,33 +1,16 @@
 //! Integration tests: position-embedding interpolation against transformers'
 //! `ViTEmbeddings.interpolate_pos_encoding` references (tests/fixtures/interp.safetensors).
 
-use safetensors::{Dtype, SafeTensors};
-use std::path::Path;
+use crate::common::{get, load_fixture, Fixture};
 use vitgpu::model::interp::interpolate_pos_embed;
 
-fn load_refs() -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interp.safetensors");
-    std::fs::read(&p).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; generate the fixtures with tools/make_fixtures.py",
-            p.display()
-        )
-    })
+fn tensor(f: &Fixture, name: &str, shape: &[usize]) -> Vec<f32> {
+    let (s, data) = get(f, name);
+    assert_eq!(s, shape, "{name} shape");
+    data.clone()
 }
 
-fn tensor(st: &SafeTensors, name: &str, shape: &[usize]) -> Vec<f32> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{name} dtype");
-    assert_eq!(t.shape(), shape, "{name} shape");
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn check(st: &SafeTensors, pos: &str, n: usize, dim: usize, out: &str, h: usize, w: usize) {
+fn check(st: &Fixture, pos: &str, n: usize, dim: usize, out: &str, h: usize, w: usize) {
     let input = tensor(st, pos, &[1, 1 + n * n, dim]);
     let want = tensor(st, out, &[1, 1 + h * w, dim]);
     let got = interpolate_pos_embed(&input, dim, h, w).unwrap();
@@ -58,8 +41,7 @@ fn check(st: &SafeTensors, pos: &str, n: usize, dim: usize, out: &str, h: usize,
 
 #[test]
 fn matches_transformers_small_grid() {
-    let bytes = load_refs();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = load_fixture("interp.safetensors");
     for (name, h, w) in [
         ("out.6x6", 6, 6),
         ("out.3x5", 3, 5),
@@ -72,15 +54,13 @@ fn matches_transformers_small_grid() {
 
 #[test]
 fn matches_transformers_vit_base_grid_14_to_24() {
-    let bytes = load_refs();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = load_fixture("interp.safetensors");
     check(&st, "pos14", 14, 4, "out14.24x24", 24, 24);
 }
 
 #[test]
 fn unchanged_square_grid_is_returned_as_is() {
-    let bytes = load_refs();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = load_fixture("interp.safetensors");
     let pos = tensor(&st, "pos", &[1, 17, 8]);
     assert_eq!(interpolate_pos_embed(&pos, 8, 4, 4).unwrap(), pos);
     assert!(interpolate_pos_embed(&pos[8..], 8, 4, 4).is_err()); // 16 rows: 15 patches

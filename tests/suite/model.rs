@@ -5,7 +5,6 @@
 use crate::common::*;
 use vitgpu::checkpoint;
 use vitgpu::gpu::DType;
-use vitgpu::model::Vit;
 use vitgpu::tape::Graph;
 
 // f32 model vs transformers f32: 2–3 layers of O(1) activations; summation order differs
@@ -24,7 +23,7 @@ fn run(model: &str, pixels_name: &str, res: (usize, usize), dtype: DType) -> Run
     let ckpt = checkpoint::load(&fixture_path(&format!("models/{model}"))).unwrap();
     let f = load_fixture(&format!("models/{model}/reference.safetensors"));
     let (ps, px) = get(&f, pixels_name);
-    let vit = Vit::load(g, &ckpt, dtype, Some(res)).unwrap();
+    let vit = ckpt.upload(g, dtype, Some(res)).unwrap();
     let pixels = g.upload(px, ps, DType::F32).unwrap();
     let mut graph = Graph::no_grad(g, dtype);
     let out = vit.forward_all(&mut graph, &pixels, true).unwrap();
@@ -200,7 +199,7 @@ fn real_photos_through_our_preprocessing_match_transformers() {
         0.04,
         0.0,
     );
-    let vit = Vit::load(g, &ckpt, DType::F32, None).unwrap();
+    let vit = ckpt.upload(g, DType::F32, None).unwrap();
     let pixels = g.upload(&px, &[4, 3, 32, 32], DType::F32).unwrap();
     let mut graph = Graph::no_grad(g, DType::F32);
     let logits = g
@@ -220,7 +219,7 @@ fn real_photos_through_our_preprocessing_match_transformers() {
 fn wrong_input_size_is_an_error_not_a_panic() {
     let g = gpu();
     let ckpt = checkpoint::load(&fixture_path("models/vit_tiny_cls")).unwrap();
-    let vit = Vit::load(g, &ckpt, DType::F32, None).unwrap();
+    let vit = ckpt.upload(g, DType::F32, None).unwrap();
     let pixels = g
         .upload(&vec![0.0; 3 * 40 * 40], &[1, 3, 40, 40], DType::F32)
         .unwrap();
@@ -228,7 +227,7 @@ fn wrong_input_size_is_an_error_not_a_panic() {
     let err = vit.forward(&mut graph, &pixels).unwrap_err().to_string();
     assert!(err.contains("40x40") || err.contains("3x40x40"), "{err}");
     assert!(
-        Vit::load(g, &ckpt, DType::F32, Some((30, 30))).is_err(),
+        ckpt.upload(g, DType::F32, Some((30, 30))).is_err(),
         "30 px is not a multiple of patch 8"
     );
 }

@@ -1,9 +1,9 @@
 //! Integration tests: decoding + PIL-exact resize + ViTImageProcessor pixel values against the
 //! PIL/transformers references in tests/fixtures (preprocess.safetensors, images/).
 
+use crate::common::{fixture_path, get, load_fixture, Fixture};
 use image::RgbImage;
-use safetensors::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use vitgpu::data::{
     collect_images, load_rgb, pixel_values, resize_pil, PreprocessorConfig, RESAMPLE_BICUBIC,
     RESAMPLE_BILINEAR,
@@ -23,43 +23,29 @@ const LOSSLESS: &[(&str, &str)] = &[
 const FULL_224: &[&str] = &["cat", "gray", "rocket", "cat_small"];
 const JPEG: &[(&str, &str)] = &[("rocket", "rocket.jpg"), ("cat_small", "cat_small.jpg")];
 
-fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    assert!(
-        dir.join("preprocess.safetensors").is_file(),
-        "missing {}/preprocess.safetensors: generate the fixtures with tools/make_fixtures.py",
-        dir.display()
-    );
-    dir
-}
-
 fn image_path(file: &str) -> PathBuf {
-    fixtures().join("images").join(file)
+    fixture_path(&format!("images/{file}"))
 }
 
-fn refs_bytes() -> Vec<u8> {
-    std::fs::read(fixtures().join("preprocess.safetensors")).expect("read preprocess.safetensors")
+fn refs() -> Fixture {
+    load_fixture("preprocess.safetensors")
 }
 
-fn ref_u8(st: &SafeTensors, name: &str, shape: &[usize]) -> Vec<u8> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::U8, "{name} dtype");
-    assert_eq!(t.shape(), shape, "{name} shape");
-    t.data().to_vec()
+/// A u8 reference tensor (stored as U8, read back as exact f32 values).
+fn ref_u8(f: &Fixture, name: &str, shape: &[usize]) -> Vec<u8> {
+    let v = ref_f32(f, name, shape);
+    assert!(
+        v.iter()
+            .all(|x| x.fract() == 0.0 && (0.0..=255.0).contains(x)),
+        "{name} is not u8"
+    );
+    v.iter().map(|&x| x as u8).collect()
 }
 
-fn ref_f32(st: &SafeTensors, name: &str, shape: &[usize]) -> Vec<f32> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{name} dtype");
-    assert_eq!(t.shape(), shape, "{name} shape");
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+fn ref_f32(f: &Fixture, name: &str, shape: &[usize]) -> Vec<f32> {
+    let (s, data) = get(f, name);
+    assert_eq!(s, shape, "{name} shape");
+    data.clone()
 }
 
 fn imagenet(h: usize, w: usize) -> PreprocessorConfig {
@@ -140,8 +126,7 @@ fn load(file: &str) -> RgbImage {
 
 #[test]
 fn lossless_u8_resizes_are_bit_exact() {
-    let bytes = refs_bytes();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = refs();
     let mut failures = Vec::new();
     for &(name, file) in LOSSLESS {
         let img = load(file);
@@ -166,8 +151,7 @@ fn lossless_u8_resizes_are_bit_exact() {
 
 #[test]
 fn lossless_pixel_values_within_1e6() {
-    let bytes = refs_bytes();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = refs();
     let mut failures = Vec::new();
     for &(name, file) in LOSSLESS {
         let img = load(file);
@@ -230,8 +214,7 @@ fn alternative_lossless_formats_decode_like_png() {
 fn jpeg_sources_decode_exactly_as_pil() {
     const MAX_LEVELS: u8 = 0;
     const MEAN_LEVELS: f64 = 0.0;
-    let bytes = refs_bytes();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = refs();
     let mut failures = Vec::new();
     for &(name, file) in JPEG {
         let img = load(file);
@@ -361,7 +344,7 @@ fn unreadable_files_are_errors_naming_the_file() {
 
 #[test]
 fn collect_images_walks_directories_sorted() {
-    let dir = fixtures().join("images");
+    let dir = fixture_path("images");
     let found = collect_images(std::slice::from_ref(&dir)).unwrap();
     let names: Vec<String> = found
         .iter()
