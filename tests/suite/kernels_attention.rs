@@ -1,6 +1,5 @@
 //! Fused attention forward/backward against PyTorch fixtures and the f64 CPU reference.
 
-
 use crate::common::*;
 use vitgpu::gpu::{DType, Gpu, GpuTensor};
 use vitgpu::kernels::attention::*;

@@ -1,6 +1,5 @@
 //! Matmul family against CPU references on awkward shapes, and against PyTorch fixtures.
 
-
 use crate::common::*;
 use vitgpu::gpu::DType;
 use vitgpu::kernels::matmul::*;

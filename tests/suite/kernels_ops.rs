@@ -1,7 +1,6 @@
 //! Layer norm, GELU, residual, patch/position embedding, softmax cross-entropy and AdamW
 //! kernels against PyTorch fixtures (f32) and CPU references (f16 storage).
 
-
 use crate::common::*;
 use vitgpu::gpu::DType;
 use vitgpu::kernels::adamw::*;
