@@ -8,21 +8,41 @@ use crate::kernels;
 use crate::model::Vit;
 use crate::tape::Graph;
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+/// Storage precision of weights and activations on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// f32 everywhere.
     F32,
+    /// f16 storage (f32 accumulation, f32 master weights in training).
     F16,
 }
 
 impl Precision {
+    /// Every precision with its command-line name.
+    pub const NAMES: [(&'static str, Precision); 2] =
+        [("f32", Precision::F32), ("f16", Precision::F16)];
+
+    /// The GPU storage dtype.
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Precision::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|&(_, p)| p)
+            .ok_or_else(|| format!("unknown precision '{s}': use f32 or f16"))
     }
 }
 
@@ -43,33 +63,68 @@ pub fn preprocessor_for(
     Ok(pre)
 }
 
-/// What a batched inference run over samples gives back.
-pub struct Predictions {
-    /// (N, num_labels) logits of the readable samples, in order.
-    pub logits: Vec<f32>,
-    /// Position in the input of each row of `logits`.
+/// What a batched run over samples gives back.
+pub struct BatchOutput {
+    /// One row per readable sample, in input order: logits, or what the per-batch function
+    /// of [`run_batches`] returns.
+    pub rows: Vec<f32>,
+    /// Position in the input of each row of `rows`.
     pub indices: Vec<usize>,
     /// (sample, reason) of the ones that could not be read.
     pub failed: Vec<(String, String)>,
 }
 
-/// Logits of every readable sample, in batches; decoding runs on CPU threads ahead of the GPU.
+impl BatchOutput {
+    /// Input positions of the rows (of `width` values) holding inf or NaN.
+    pub fn non_finite(&self, width: usize) -> Vec<usize> {
+        self.rows
+            .chunks(width.max(1))
+            .zip(&self.indices)
+            .filter(|(r, _)| r.iter().any(|v| !v.is_finite()))
+            .map(|(_, &i)| i)
+            .collect()
+    }
+}
+
+/// Logits of every readable sample, in batches (see [`run_batches`]).
 pub fn predict_samples(
     gpu: &Gpu,
     vit: &Vit,
     pre: &PreprocessorConfig,
     samples: &[Sample],
     batch_size: usize,
-) -> Result<Predictions> {
+) -> Result<BatchOutput> {
+    static NEVER: AtomicBool = AtomicBool::new(false);
+    run_batches(gpu, pre, samples, batch_size, &NEVER, |pixels| {
+        let mut g = Graph::no_grad(gpu, vit.dtype());
+        let logits = vit.forward(&mut g, pixels)?;
+        gpu.read(&logits.t)
+    })
+}
+
+/// The one batched inference loop: decodes samples on CPU threads ahead of the GPU, uploads
+/// each batch's pixels (B, 3, H, W) and keeps the rows `f` returns for them. Stops between
+/// batches once `stop` is set (the samples not reached are in neither `indices` nor `failed`).
+pub fn run_batches(
+    gpu: &Gpu,
+    pre: &PreprocessorConfig,
+    samples: &[Sample],
+    batch_size: usize,
+    stop: &AtomicBool,
+    mut f: impl FnMut(&crate::gpu::GpuTensor) -> Result<Vec<f32>>,
+) -> Result<BatchOutput> {
     let batch_size = batch_size.max(1);
     let order: Vec<usize> = (0..samples.len()).collect();
     let loader = Loader::start(samples.to_vec(), order, batch_size, pre.clone(), false, 0);
-    let mut out = Predictions {
-        logits: Vec::new(),
+    let mut out = BatchOutput {
+        rows: Vec::new(),
         indices: Vec::new(),
         failed: Vec::new(),
     };
     for _ in (0..samples.len()).step_by(batch_size) {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let batch = loader.next()?;
         out.failed.extend(batch.failed);
         if batch.labels.is_empty() {
@@ -77,9 +132,7 @@ pub fn predict_samples(
         }
         let b = batch.labels.len();
         let pixels = gpu.upload(&batch.pixels, &[b, 3, pre.height, pre.width], DType::F32)?;
-        let mut g = Graph::no_grad(gpu, vit.dtype());
-        let logits = vit.forward(&mut g, &pixels)?;
-        out.logits.extend(gpu.read(&logits.t)?);
+        out.rows.extend(f(&pixels)?);
         out.indices.extend(batch.indices);
     }
     Ok(out)

@@ -275,14 +275,20 @@ impl Vit {
             self.p("vit.layernorm.bias"),
             eps,
         )?; // (B, T, C)
-        let logits = match self.opt("classifier.weight") {
-            Some(hw) => Some(g.linear_cls(&x, hw, self.opt("classifier.bias"))?), // (B, L)
-            None => None,
-        };
+        let logits = self.classify(g, &x)?; // (B, L)
         Ok(VitOutput {
             hidden_states: hidden,
             last_hidden: x,
             logits,
         })
+    }
+
+    /// The classifier on the CLS token of `x` (B, T, C), the output of the final layer norm:
+    /// logits (B, L) in f32, or None for a backbone. Cached CLS features are x with T = 1.
+    pub fn classify(&self, g: &mut Graph, x: &Node) -> Result<Option<Node>> {
+        match self.opt("classifier.weight") {
+            Some(hw) => Ok(Some(g.linear_cls(x, hw, self.opt("classifier.bias"))?)),
+            None => Ok(None),
+        }
     }
 }

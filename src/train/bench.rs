@@ -1,32 +1,12 @@
 //! Kernel and whole-step benchmarks (`vitgpu bench`, `cargo bench`): GPU timestamps (or
 //! wall-clock time between syncs where the adapter has none), reported as ms and GFLOP/s.
 
-use crate::gpu::{AdapterChoice, DType, Gpu, GpuTensor};
-use crate::infer::Precision;
+use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::kernels::{self, Act};
 use crate::model::{Config, ParamTable, Vit};
 use crate::tape::Graph;
 use anyhow::Result;
 use std::time::Instant;
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct BenchArgs {
-    /// Model shape: vit-tiny, vit-small or vit-base.
-    #[arg(long, default_value = "vit-base")]
-    pub config: String,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 224)]
-    pub res: usize,
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
-    /// Timed repetitions per measurement (after one warm-up).
-    #[arg(long, default_value_t = 3)]
-    pub iters: usize,
-    /// Only the kernel microbenchmarks.
-    #[arg(long)]
-    pub kernels_only: bool,
-}
 
 /// Median milliseconds of `iters` runs of `f` after a warm-up: GPU time between timestamp
 /// marks where the adapter has timestamp queries, else wall-clock time between syncs.
@@ -56,13 +36,18 @@ pub fn time_ms(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Re
     Ok(v[v.len() / 2])
 }
 
+/// One timed measurement.
 pub struct Row {
+    /// What was timed.
     pub name: String,
+    /// Median milliseconds.
     pub ms: f64,
+    /// Work done, in GFLOP (0 where not counted).
     pub gflop: f64,
 }
 
 impl Row {
+    /// Prints the row: name, time and GFLOP/s.
     pub fn print(&self) {
         let rate = if self.gflop > 0.0 {
             format!("{:>9.1} GFLOP/s", self.gflop / (self.ms / 1e3))
@@ -257,37 +242,4 @@ pub fn model_rows(
         gflop: 3.0 * gflop,
     });
     Ok(rows)
-}
-
-pub fn bench_cmd(a: &BenchArgs, adapter: &AdapterChoice) -> Result<()> {
-    let gpu = Gpu::new(adapter)?;
-    let cfg = Config::preset(&a.config)?;
-    println!("adapter: {}", gpu.describe());
-    println!(
-        "model: {} at {}px, batch {}, {:?} storage\n",
-        a.config, a.res, a.batch_size, a.precision
-    );
-    for r in kernel_rows(
-        &gpu,
-        &cfg,
-        a.batch_size,
-        a.res,
-        a.precision.dtype(),
-        a.iters,
-    )? {
-        r.print();
-    }
-    if !a.kernels_only {
-        for r in model_rows(
-            &gpu,
-            &cfg,
-            a.batch_size,
-            a.res,
-            a.precision.dtype(),
-            a.iters,
-        )? {
-            r.print();
-        }
-    }
-    Ok(())
 }

@@ -9,8 +9,11 @@ use anyhow::Result;
 /// Views are 256-byte aligned in both f32 and f16 buffers: 128 elements.
 const ALIGN: usize = 128;
 
+/// The trainable parameters in flat f32 buffers, with AdamW's moments.
 pub struct FlatParams {
+    /// f32 master weights.
     pub master: GpuTensor,
+    /// Gradients, accumulated over micro-batches.
     pub grads: GpuTensor,
     m: GpuTensor,
     v: GpuTensor,
@@ -89,6 +92,7 @@ impl FlatParams {
         })
     }
 
+    /// Clears the gradients before a step.
     pub fn zero_grads(&self, gpu: &Gpu) {
         gpu.zero(&self.grads);
     }
@@ -98,6 +102,7 @@ impl FlatParams {
         grad_sumsq(gpu, &self.grads, &self.partial)
     }
 
+    /// One AdamW update of the master weights (and their f16 copies).
     pub fn step(&self, gpu: &Gpu, s: &AdamWStep) {
         adamw_step(
             gpu,
@@ -123,16 +128,42 @@ impl FlatParams {
             .collect())
     }
 
+    /// Number of trainable values.
     pub fn count(&self) -> usize {
         self.entries.iter().map(|e| e.2).sum()
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Learning-rate schedule after warmup, as transformers' schedulers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedule {
+    /// Half a cosine from the peak to 0.
     Cosine,
+    /// Straight down to 0.
     Linear,
+    /// The peak throughout.
     Constant,
+}
+
+impl Schedule {
+    /// Every schedule with its command-line name.
+    pub const NAMES: [(&'static str, Schedule); 3] = [
+        ("cosine", Schedule::Cosine),
+        ("linear", Schedule::Linear),
+        ("constant", Schedule::Constant),
+    ];
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Schedule::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|&(_, v)| v)
+            .ok_or_else(|| format!("unknown schedule '{s}': use cosine, linear or constant"))
+    }
 }
 
 /// Learning-rate multiplier for optimizer step `step` (0-based) as transformers' schedulers.
@@ -153,18 +184,30 @@ pub fn lr_factor(schedule: Schedule, step: usize, warmup: usize, total: usize) -
 /// Dynamic loss scaling for f16 training, as torch.cuda.amp.GradScaler: halve and skip the
 /// step on inf/NaN gradients, double after `interval` good steps.
 pub struct LossScaler {
+    /// Factor the loss is multiplied by before backward (1 when disabled).
     pub scale: f32,
     good: u32,
     interval: u32,
 }
 
 impl LossScaler {
+    /// A scaler starting at 2^16, or a disabled one (scale 1) for f32 training.
     pub fn new(enabled: bool) -> LossScaler {
         LossScaler {
             scale: if enabled { 65536.0 } else { 1.0 },
             good: 0,
             interval: if enabled { 2000 } else { u32::MAX },
         }
+    }
+
+    /// Whether scaling is on (f16 training).
+    pub fn enabled(&self) -> bool {
+        self.interval != u32::MAX
+    }
+
+    /// True when the scale cannot go lower: then scaling cannot rescue inf/NaN gradients.
+    pub fn at_floor(&self) -> bool {
+        self.scale <= 1.0
     }
 
     /// Records whether the gradients were finite; returns false when the step must be skipped.
@@ -209,9 +252,15 @@ mod tests {
         assert!(!s.update(false));
         assert_eq!(s.scale, 32768.0);
         assert!(s.update(true));
+        for _ in 0..15 {
+            assert!(!s.at_floor());
+            s.update(false);
+        }
+        assert!(s.at_floor() && s.enabled());
         let mut off = LossScaler::new(false);
         assert!(off.update(true));
         assert!(!off.update(false));
         assert_eq!(off.scale, 1.0);
+        assert!(!off.enabled());
     }
 }

@@ -348,7 +348,7 @@ fn a_head_whose_labels_match_the_classes_is_kept_in_dataset_order() {
         &s(&out),
         "--head-only",
         "--lr",
-        "0",
+        "1e-30",
         "--max-steps",
         "1",
         "--val-fraction",
@@ -369,11 +369,334 @@ fn a_head_whose_labels_match_the_classes_is_kept_in_dataset_order() {
         &before.tensors["classifier.weight"].data,
         &after.tensors["classifier.weight"].data,
     );
-    // With lr 0 nothing moves: row "bird" (0 now) is the old row 3.
-    assert_eq!(&w1[..96], &w0[3 * 96..4 * 96]);
-    assert_eq!(
-        after.tensors["classifier.bias"].data[0],
-        before.tensors["classifier.bias"].data[3]
+    // The learning rate must be > 0: at 1e-30 AdamW's first step (|update| <= lr) moves no
+    // weight by more than 1e-29, so row "bird" (0 now) is the old row 3 within 1e-20.
+    assert_close("bird row", &w1[..96], &w0[3 * 96..4 * 96], 1e-20, 0.0);
+    assert_close(
+        "bird bias",
+        &after.tensors["classifier.bias"].data[..1],
+        &before.tensors["classifier.bias"].data[3..4],
+        1e-20,
+        0.0,
     );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Runs vitgpu with `env`, failing the test (not hanging) when it takes over `secs` seconds.
+pub(crate) fn vitgpu_within(secs: u64, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "vitgpu {args:?} still running after {secs} s:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A fresh temporary folder for one test.
+pub(crate) fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vitgpu-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Copies the files of fixture folder `rel` to `dst`.
+pub(crate) fn copy_fixture(rel: &str, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(fixture_path(rel)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+/// Copies fixture model folder `rel` to `dst` with element 0 of f32 tensor `tensor` set to
+/// NaN (patched in the safetensors bytes, so the copy is otherwise the fixture exactly).
+pub(crate) fn model_with_a_nan(rel: &str, tensor: &str, dst: &std::path::Path) {
+    copy_fixture(rel, dst);
+    let path = dst.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[tensor]["dtype"], "F32", "{tensor}");
+    let off = 8 + n + header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[off..off + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Every file of a folder, by name, with its bytes.
+pub(crate) fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let bytes = if e.path().is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (e.file_name().to_string_lossy().to_string(), bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bad_numbers_are_refused_while_parsing_before_anything_loads() {
+    // Nothing here exists, and adapter 99 is no adapter: an error about the number itself
+    // proves the check came before the model, the data and the GPU.
+    let file = fixture_path("images/cat.png");
+    let base = [
+        "finetune",
+        "--model",
+        "/nonexistent/model",
+        "--data",
+        "/nonexistent/data",
+        "--adapter",
+        "99",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--lr", "nan"], "--lr"),
+        (&["--lr", "-1"], "--lr"),
+        (&["--lr=inf"], "--lr"),
+        (&["--val-fraction", "1"], "--val-fraction"),
+        (&["--val-fraction", "-0.2"], "--val-fraction"),
+        (&["--epochs", "0"], "--epochs"),
+        (&["--max-steps", "0"], "--max-steps"),
+        (&["--adam-beta1", "2"], "--adam-beta1"),
+        (&["--adam-beta2", "1"], "--adam-beta2"),
+        (&["--adam-epsilon", "0"], "--adam-epsilon"),
+        (&["--warmup-ratio", "5"], "--warmup-ratio"),
+        (&["--max-grad-norm=-1"], "--max-grad-norm"),
+        (&["--weight-decay", "nan"], "--weight-decay"),
+        (&["--batch-size", "0"], "--batch-size"),
+        (&["--grad-accum", "0"], "--grad-accum"),
+        (&["--output", file.to_str().unwrap()], "is a file"),
+    ];
+    for (extra, want) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = vitgpu_within(30, &args, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(want) && !err.contains("adapter") && !err.contains("nonexistent"),
+            "{extra:?}: {err}"
+        );
+    }
+    let o = vitgpu_within(
+        30,
+        &[
+            "predict",
+            "--model",
+            "/nonexistent",
+            "--top-k",
+            "0",
+            "x.png",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--top-k"));
+    // A malformed environment variable is an error too, not silently ignored.
+    let o = vitgpu_within(30, &["info"], &[("VITGPU_MAX_BINDING_MB", "abc")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("VITGPU_MAX_BINDING_MB"), "{err}");
+}
+
+#[test]
+fn output_equal_to_or_inside_the_model_is_refused_and_the_model_untouched() {
+    let root = scratch("protect");
+    let model = root.join("model");
+    copy_fixture("models/vit_tiny_cls", &model);
+    let before = snapshot(&model);
+    let data = s(&fixture_path("train/data"));
+    let m = s(&model);
+    for out in [m.clone(), format!("{m}/sub"), format!("{m}/sub/../")] {
+        let o = vitgpu_within(
+            60,
+            &[
+                "finetune",
+                "--model",
+                &m,
+                "--data",
+                &data,
+                "--output",
+                &out,
+                "--max-steps",
+                "1",
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{out}: {err}");
+        assert!(err.contains("--overwrite-model"), "{out}: {err}");
+        assert!(
+            snapshot(&model) == before,
+            "{out}: the model folder changed"
+        );
+    }
+    // A folder with other files is refused, unless the user says so.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let args = |extra: &'static str| {
+        let mut v = vec![
+            "finetune".to_string(),
+            "--model".into(),
+            s(&fixture_path("train/start")),
+            "--data".into(),
+            data.clone(),
+            "--output".into(),
+            s(&other),
+            "--max-steps".into(),
+            "1".into(),
+            "--batch-size".into(),
+            "4".into(),
+        ];
+        if !extra.is_empty() {
+            v.push(extra.into());
+        }
+        v
+    };
+    let run = |extra| {
+        let a = args(extra);
+        vitgpu_within(120, &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &[])
+    };
+    let o = run("");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--overwrite-output"), "{err}");
+    assert_eq!(snapshot(&other).len(), 1);
+    let o = run("--overwrite-output");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(other.join("vitgpu_run.json").is_file() && other.join("notes.txt").is_file());
+    // Now it is a vitgpu run: a second run may write over it.
+    let o = run("");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn non_finite_logits_are_flagged_in_predict_and_eval() {
+    let root = scratch("nanlogits");
+    let model = root.join("model");
+    model_with_a_nan("models/vit_tiny_cls", "classifier.bias", &model);
+    let img = fixture_path("images/cat.png");
+    let o = vitgpu_within(60, &["predict", "--model", &s(&model), &s(&img)], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cat.png") && err.contains("inf/NaN"), "{err}");
+    // eval on a flat folder: the NaN image is named, and so is what is being scored.
+    let data = root.join("data");
+    for (class, file) in [("cat", "cat.png"), ("dog", "rocket.jpg")] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        std::fs::copy(
+            fixture_path(&format!("images/{file}")),
+            data.join(class).join(file),
+        )
+        .unwrap();
+    }
+    let o = vitgpu_within(
+        60,
+        &["eval", "--model", &s(&model), "--data", &s(&data)],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rocket.jpg: the logits hold inf/NaN")
+            && err.contains("all its images are scored"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn only_unreadable_images_are_an_error_in_eval_and_finetune() {
+    let root = scratch("unreadable");
+    let data = root.join("data");
+    for (class, file) in [("cat", "corrupt.jpg"), ("dog", "not_an_image.png")] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        std::fs::copy(
+            fixture_path(&format!("images/{file}")),
+            data.join(class).join(file),
+        )
+        .unwrap();
+    }
+    let model = s(&fixture_path("models/vit_tiny_cls"));
+    let o = vitgpu_within(60, &["eval", "--model", &model, "--data", &s(&data)], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("none of the 2 images")
+            && !String::from_utf8_lossy(&o.stdout).contains("accuracy"),
+        "{err}"
+    );
+    // Training used to retry forever: now the first step names the data and stops.
+    for extra in [&[][..], &["--head-only", "--no-augment"][..]] {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            &model,
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            root.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--overwrite-output",
+        ];
+        args.extend_from_slice(extra);
+        let o = vitgpu_within(60, &args, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("none of its 2 images could be read") && err.contains("corrupt.jpg"),
+            "{extra:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_one_class_dataset_trains_with_a_warning() {
+    let root = scratch("oneclass");
+    let data = root.join("data/cat");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(fixture_path("images/cat.png"), data.join("a.png")).unwrap();
+    let o = vitgpu_within(
+        60,
+        &[
+            "finetune",
+            "--model",
+            &s(&fixture_path("models/vit_tiny_cls")),
+            "--data",
+            &s(&root.join("data")),
+            "--output",
+            &s(&root.join("out")),
+            "--max-steps",
+            "1",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("one class ('cat')"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }

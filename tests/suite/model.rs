@@ -163,8 +163,8 @@ fn f16_storage_keeps_top1_and_logits_within_bound() {
     assert_close("f16 logits", &got, want, 5e-2, 1e-2);
     for (g, w) in got.chunks(5).zip(want.chunks(5)) {
         assert_eq!(
-            vitgpu::train::metrics::argmax(g),
-            vitgpu::train::metrics::argmax(w),
+            vitgpu::eval::metrics::argmax(g),
+            vitgpu::eval::metrics::argmax(w),
             "f16 changed the top-1 label"
         );
     }

@@ -373,3 +373,96 @@ fn ctrl_c_saves_a_checkpoint_before_exiting() {
     assert_eq!(ck.config.id2label.len(), 10);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn nan_starting_weights_stop_training_at_once_and_save_nothing() {
+    use crate::cli::{model_with_a_nan, scratch, snapshot, vitgpu_within};
+    let root = scratch("nanstart");
+    let model = root.join("model");
+    model_with_a_nan("train/start", "vit.layernorm.weight", &model);
+    let before = snapshot(&model);
+    let out = root.join("out");
+    for precision in ["f32", "f16"] {
+        let o = vitgpu_within(
+            120,
+            &[
+                "finetune",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                fixture_path("train/data").to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--precision",
+                precision,
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        // f32 stops at the first inf/NaN step; f16 once the loss scale is at its floor
+        // (16 halvings from 2^16), as scaling cannot help any more.
+        assert_eq!(o.status.code(), Some(1), "{precision}: {err}");
+        assert!(
+            err.contains("training stopped")
+                && err.contains("starting weights")
+                && err.contains("vit.layernorm.weight")
+                && err.contains("Nothing was saved"),
+            "{precision}: {err}"
+        );
+        assert!(!out.join("model.safetensors").exists(), "{precision}");
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        let skipped = log.lines().filter(|l| l.contains("skipped_step")).count();
+        assert_eq!(skipped, if precision == "f32" { 1 } else { 17 }, "{log}");
+    }
+    assert!(
+        snapshot(&model) == before,
+        "the starting checkpoint changed"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_learning_rate_that_blows_up_stops_and_keeps_the_last_finite_checkpoint() {
+    use crate::cli::{scratch, vitgpu_within};
+    let out = scratch("blowup");
+    // 13 images in one batch: one step per epoch, so epoch 1 saves after step 1. Then Adam's
+    // first step of ~lr = 1e30 per weight overflows the next forward pass to inf/NaN.
+    let o = vitgpu_within(
+        120,
+        &[
+            "finetune",
+            "--model",
+            fixture_path("train/start").to_str().unwrap(),
+            "--data",
+            fixture_path("train/data").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "13",
+            "--no-augment",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e30",
+            "--max-grad-norm",
+            "0",
+            "--overwrite-output",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("step 2 gave an inf/NaN")
+            && err.contains("--lr 1e30")
+            && err.contains("after step 1 is kept"),
+        "{err}"
+    );
+    let saved = tensors(&out);
+    assert!(saved.values().all(|v| v.iter().all(|x| x.is_finite())));
+    let _ = std::fs::remove_dir_all(&out);
+}

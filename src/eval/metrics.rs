@@ -2,10 +2,10 @@
 
 use serde_json::json;
 
-/// Mean cross-entropy and accuracy of logits (N, L) against labels.
-pub fn loss_and_accuracy(logits: &[f32], labels: &[u32], n_labels: usize) -> (f64, f64) {
+/// Mean cross-entropy and accuracy of logits (N, L) against labels; None when there are none.
+pub fn loss_and_accuracy(logits: &[f32], labels: &[u32], n_labels: usize) -> Option<(f64, f64)> {
     if labels.is_empty() {
-        return (0.0, 0.0);
+        return None;
     }
     let mut loss = 0.0;
     let mut correct = 0;
@@ -17,12 +17,13 @@ pub fn loss_and_accuracy(logits: &[f32], labels: &[u32], n_labels: usize) -> (f6
             correct += 1;
         }
     }
-    (
+    Some((
         loss / labels.len() as f64,
         correct as f64 / labels.len() as f64,
-    )
+    ))
 }
 
+/// Index of the largest value (the first on ties; NaN never wins).
 pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -33,25 +34,29 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// Evaluation metrics of a labelled set.
 pub struct Metrics {
     /// confusion[true][predicted]
     pub confusion: Vec<Vec<usize>>,
+    /// Share of top-1 predictions that are right.
     pub accuracy: f64,
+    /// Mean cross-entropy.
     pub loss: f64,
 }
 
 impl Metrics {
-    pub fn compute(logits: &[f32], labels: &[u32], n: usize) -> Metrics {
+    /// Metrics of logits (N, n) against labels; None when there are no labels.
+    pub fn compute(logits: &[f32], labels: &[u32], n: usize) -> Option<Metrics> {
         let mut confusion = vec![vec![0; n]; n];
         for (row, &y) in logits.chunks(n).zip(labels) {
             confusion[y as usize][argmax(row)] += 1;
         }
-        let (loss, accuracy) = loss_and_accuracy(logits, labels, n);
-        Metrics {
+        let (loss, accuracy) = loss_and_accuracy(logits, labels, n)?;
+        Some(Metrics {
             confusion,
             accuracy,
             loss,
-        }
+        })
     }
 
     /// (precision, recall, f1, support) of class c; 0 where undefined (as sklearn's zero_division=0).
@@ -77,11 +82,13 @@ impl Metrics {
         (p, r, f, support)
     }
 
+    /// Unweighted mean of the per-class F1 scores.
     pub fn macro_f1(&self) -> f64 {
         let n = self.confusion.len();
         (0..n).map(|c| self.class(c).2).sum::<f64>() / n.max(1) as f64
     }
 
+    /// The text report: accuracy, loss, per-class table and confusion matrix.
     pub fn report(&self, labels: &[String]) -> String {
         let name = |i: usize| {
             labels
@@ -116,6 +123,7 @@ impl Metrics {
         s
     }
 
+    /// The report as JSON.
     pub fn to_json(&self, labels: &[String]) -> serde_json::Value {
         let per_class: Vec<_> = (0..self.confusion.len())
             .map(|c| {
@@ -135,7 +143,7 @@ mod tests {
     fn per_class_metrics_as_sklearn() {
         // y_true = [0,0,1,1,2], y_pred = [0,1,1,1,0]
         let logits = [1., 0., 0., 0., 1., 0., 0., 1., 0., 0., 1., 0., 1., 0., 0.];
-        let m = Metrics::compute(&logits, &[0, 0, 1, 1, 2], 3);
+        let m = Metrics::compute(&logits, &[0, 0, 1, 1, 2], 3).unwrap();
         assert_eq!(
             m.confusion,
             vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
@@ -149,5 +157,6 @@ mod tests {
                 && n == 2
         );
         assert_eq!(m.class(2), (0.0, 0.0, 0.0, 1));
+        assert!(Metrics::compute(&[], &[], 3).is_none());
     }
 }

@@ -1,0 +1,170 @@
+//! `vitgpu finetune`: the arguments, checked while parsing, turned into the library's
+//! `TrainOptions`; Ctrl-C handling; exit codes (1 when training diverged, 130 on Ctrl-C).
+
+use super::args::{self, count, output_dir, real};
+use crate::gpu::AdapterChoice;
+use crate::infer::Precision;
+use crate::train::{self, Diverged, Mode, Range, Schedule, TrainOptions};
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Arguments of `vitgpu finetune`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FinetuneArgs {
+    /// Pretrained model directory (Hugging Face or timm). Omit with --data omitted for the demo.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Train from random init instead of a checkpoint: vit-tiny, vit-small or vit-base.
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<String>,
+    /// Image folder: DATA/train/CLASS/* (+ validation/ or val/, test/), or DATA/CLASS/*.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory for the checkpoint, log.jsonl and vitgpu_run.json: new, empty, or an
+    /// earlier vitgpu run.
+    #[arg(long, default_value = "runs/vitgpu", value_parser = output_dir)]
+    pub output: PathBuf,
+    /// Allow --output to be the --model folder (or inside it): the pretrained checkpoint is replaced.
+    #[arg(long)]
+    pub overwrite_model: bool,
+    /// Allow an --output folder that holds other files (not an earlier vitgpu run).
+    #[arg(long)]
+    pub overwrite_output: bool,
+    /// Linear probe: freeze the backbone, train only the classifier.
+    #[arg(long, conflicts_with_all = ["full", "unfreeze_last"])]
+    pub head_only: bool,
+    /// Train every parameter (the default).
+    #[arg(long)]
+    pub full: bool,
+    /// Train the top N encoder blocks, the final norm and the head.
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "full")]
+    pub unfreeze_last: Option<usize>,
+    /// Fine-tune at N×N pixels (position embeddings interpolated at load).
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub res: Option<usize>,
+    /// Training length in epochs, > 0 (fractions allowed; default 3, the demo 4).
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::Positive))]
+    pub epochs: Option<f64>,
+    /// Training length in optimizer steps (wins over --epochs).
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub max_steps: Option<usize>,
+    /// Images per micro-batch.
+    #[arg(long, allow_negative_numbers = true, default_value = "32", value_parser = count)]
+    pub batch_size: usize,
+    /// Peak learning rate, > 0 (default 5e-5 for full fine-tuning, 1e-3 for --head-only or random init).
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::Positive))]
+    pub lr: Option<f64>,
+    /// Decoupled weight decay on all but biases and LayerNorm, >= 0 (default 0, as the HF Trainer).
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::NonNegative))]
+    pub weight_decay: Option<f64>,
+    /// AdamW β1, in [0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value = "0.9", value_parser = real(Range::UnitHalfOpen))]
+    pub adam_beta1: f64,
+    /// AdamW β2, in [0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value = "0.999", value_parser = real(Range::UnitHalfOpen))]
+    pub adam_beta2: f64,
+    /// AdamW ε, > 0.
+    #[arg(long, allow_negative_numbers = true, default_value = "1e-8", value_parser = real(Range::Positive))]
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping, >= 0 (0 turns it off).
+    #[arg(long, allow_negative_numbers = true, default_value = "1.0", value_parser = real(Range::NonNegative))]
+    pub max_grad_norm: f64,
+    /// Micro-batches per optimizer step.
+    #[arg(long, allow_negative_numbers = true, default_value = "1", value_parser = count)]
+    pub grad_accum: usize,
+    /// Learning-rate schedule after warmup.
+    #[arg(long, default_value = "cosine", value_parser = args::schedule())]
+    pub lr_schedule: Schedule,
+    /// Warmup in optimizer steps (wins over --warmup-ratio).
+    #[arg(long, allow_negative_numbers = true)]
+    pub warmup_steps: Option<usize>,
+    /// Warmup as a fraction of the total steps, in [0, 1] (default 0).
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::Unit))]
+    pub warmup_ratio: Option<f64>,
+    /// Storage precision on the GPU (f16: f32 master weights and dynamic loss scaling).
+    #[arg(long, default_value = "f32", value_parser = args::precision())]
+    pub precision: Precision,
+    /// Seed of shuffling, augmentation, the validation split and new weights.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
+    pub seed: u64,
+    /// Turn off RandomResizedCrop + horizontal flip (then the deterministic resize is used).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Keep a fixed order: classes by name, files by name.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Validation share when DATA has no validation split, in [0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value = "0.1", value_parser = real(Range::UnitHalfOpen))]
+    pub val_fraction: f64,
+}
+
+impl FinetuneArgs {
+    /// The library's options.
+    pub fn options(&self) -> TrainOptions {
+        let mode = match (self.head_only, self.unfreeze_last) {
+            (true, _) => Mode::HeadOnly,
+            (false, Some(k)) => Mode::UnfreezeLast(k),
+            (false, None) => Mode::Full,
+        };
+        TrainOptions {
+            model: self.model.clone(),
+            config: self.config.clone(),
+            data: self.data.clone(),
+            output: self.output.clone(),
+            mode,
+            res: self.res,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+            adam_epsilon: self.adam_epsilon,
+            max_grad_norm: self.max_grad_norm,
+            schedule: self.lr_schedule,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            precision: self.precision,
+            seed: self.seed,
+            augment: !self.no_augment,
+            shuffle: !self.no_shuffle,
+            val_fraction: self.val_fraction,
+            overwrite_model: self.overwrite_model,
+            overwrite_output: self.overwrite_output,
+        }
+    }
+}
+
+/// Set by the first Ctrl-C; the trainer stops within one step and saves.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Trains; exit code 0, 1 when the run diverged (nothing non-finite saved), 130 on Ctrl-C.
+pub fn run(a: &FinetuneArgs, adapter: &AdapterChoice) -> Result<i32> {
+    let opts = a.options();
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after this step and saving what was trained (Ctrl-C again to quit now)");
+    });
+    let report = match train::finetune(&opts, adapter, &STOP) {
+        Ok(r) => r,
+        Err(e) if e.is::<Diverged>() => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(acc) = report.final_accuracy {
+        println!("validation accuracy: {:.2}%", acc * 100.0);
+    }
+    if report.saved {
+        println!("saved {}", opts.output.display());
+    } else if report.interrupted {
+        eprintln!("interrupted before the first step: nothing was saved");
+    }
+    Ok(if report.interrupted { 130 } else { 0 })
+}

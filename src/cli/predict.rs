@@ -1,0 +1,140 @@
+//! `vitgpu predict`: top-k labels (text) or logits and probabilities (JSON) of image files.
+
+use super::args;
+use crate::data::{self, Sample, Source};
+use crate::gpu::AdapterChoice;
+use crate::infer::{open_model, predict_samples, softmax, Precision};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// How predictions are printed.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// The top-k labels of each image.
+    Text,
+    /// Logits, probabilities and top-k of each image, as one JSON array.
+    Json,
+}
+
+/// Arguments of `vitgpu predict`.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// Model directory: config.json + model.safetensors (+ preprocessor_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run at N×N pixels, interpolating the position embeddings (bicubic, as transformers).
+    #[arg(long, allow_negative_numbers = true, value_parser = args::count)]
+    pub res: Option<usize>,
+    /// Labels shown per image.
+    #[arg(long, allow_negative_numbers = true, default_value = "5", value_parser = args::count)]
+    pub top_k: usize,
+    /// Images per GPU batch.
+    #[arg(long, allow_negative_numbers = true, default_value = "16", value_parser = args::count)]
+    pub batch_size: usize,
+    /// Storage precision on the GPU.
+    #[arg(long, default_value = "f32", value_parser = args::precision())]
+    pub precision: Precision,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Image files or directories (walked recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// Classifies the images; exit code 1 when one could not be read or gave inf/NaN logits.
+pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
+    let paths = data::collect_images(&a.inputs)?;
+    if paths.is_empty() {
+        bail!(
+            "no images found in {:?} (looked for .jpg .jpeg .png .webp .bmp .tif .tiff)",
+            a.inputs
+        );
+    }
+    let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
+    let samples: Vec<Sample> = paths
+        .iter()
+        .map(|p| Sample {
+            source: Source::File(p.clone()),
+            label: 0,
+        })
+        .collect();
+    let out = predict_samples(&gpu, &vit, &pre, &samples, a.batch_size)?;
+    for (_, e) in &out.failed {
+        eprintln!("error: {e}");
+    }
+    let n = vit.num_labels();
+    let bad = out.non_finite(n);
+    super::warn_non_finite(bad.iter().map(|&i| paths[i].display().to_string()));
+    let probs = softmax(&gpu, &out.rows, n)?;
+    // (image, logits, probs) of each readable image, in input order.
+    let preds: Vec<(&PathBuf, &[f32], &[f32])> = out
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            (
+                &paths[i],
+                &out.rows[k * n..(k + 1) * n],
+                &probs[k * n..(k + 1) * n],
+            )
+        })
+        .collect();
+    print(a, &vit.config().id2label, &preds)?;
+    if !out.failed.is_empty() {
+        eprintln!(
+            "{} of {} images could not be read",
+            out.failed.len(),
+            paths.len()
+        );
+    }
+    Ok(if out.failed.is_empty() && bad.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+fn print(a: &PredictArgs, labels: &[String], preds: &[(&PathBuf, &[f32], &[f32])]) -> Result<()> {
+    let top = |probs: &[f32]| {
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        idx.truncate(a.top_k);
+        idx
+    };
+    let label = |i: usize| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("LABEL_{i}"))
+    };
+    match a.format {
+        Format::Text => {
+            for (image, _, probs) in preds {
+                println!("{}", image.display());
+                for i in top(probs) {
+                    println!("  {:>7.4}  {}", probs[i], label(i));
+                }
+            }
+        }
+        Format::Json => {
+            let arr: Vec<serde_json::Value> = preds
+                .iter()
+                .map(|(image, logits, probs)| {
+                    let top: Vec<_> = top(probs)
+                        .into_iter()
+                        .map(|i| serde_json::json!({"label": label(i), "score": probs[i]}))
+                        .collect();
+                    serde_json::json!({
+                        "image": image.display().to_string(),
+                        "logits": logits,
+                        "probs": probs,
+                        "top": top,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&arr)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Fine-tuning options as a plain struct (the command line builds one), and the allowed
+//! range of every numeric option, checked before anything is loaded.
+
+use super::optim::Schedule;
+use crate::infer::Precision;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Which parameters train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// Every parameter.
+    Full,
+    /// Only the classifier (a linear probe on the frozen backbone).
+    HeadOnly,
+    /// The top N encoder blocks, the final layer norm and the classifier.
+    UnfreezeLast(usize),
+}
+
+/// The allowed range of a numeric option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Finite and > 0.
+    Positive,
+    /// Finite and ≥ 0.
+    NonNegative,
+    /// In [0, 1).
+    UnitHalfOpen,
+    /// In [0, 1].
+    Unit,
+}
+
+impl Range {
+    /// `v` when it lies in the range, else a message saying what is allowed.
+    pub fn check(self, v: f64) -> std::result::Result<f64, String> {
+        let ok = v.is_finite()
+            && match self {
+                Range::Positive => v > 0.0,
+                Range::NonNegative => v >= 0.0,
+                Range::UnitHalfOpen => (0.0..1.0).contains(&v),
+                Range::Unit => (0.0..=1.0).contains(&v),
+            };
+        if ok {
+            Ok(v)
+        } else {
+            Err(format!("must be {}, got {v}", self.describe()))
+        }
+    }
+
+    /// The range in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Range::Positive => "a finite number > 0",
+            Range::NonNegative => "a finite number >= 0",
+            Range::UnitHalfOpen => "at least 0 and below 1",
+            Range::Unit => "between 0 and 1",
+        }
+    }
+}
+
+/// Everything `vitgpu finetune` takes. `None` means "the plan's default" (see `Plan`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainOptions {
+    /// Pretrained model directory (Hugging Face or timm).
+    pub model: Option<PathBuf>,
+    /// Preset for a random init instead of a checkpoint: vit-tiny, vit-small or vit-base.
+    pub config: Option<String>,
+    /// ImageFolder; with no model, config and data: the embedded MNIST demo.
+    pub data: Option<PathBuf>,
+    /// Output directory: the checkpoint, log.jsonl and the run file.
+    pub output: PathBuf,
+    /// Which parameters train.
+    pub mode: Mode,
+    /// Train at N×N pixels.
+    pub res: Option<usize>,
+    /// Length in epochs (fractions allowed).
+    pub epochs: Option<f64>,
+    /// Length in optimizer steps (wins over `epochs`).
+    pub max_steps: Option<usize>,
+    /// Images per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// Decoupled weight decay.
+    pub weight_decay: Option<f64>,
+    /// AdamW β1.
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping; 0 turns it off.
+    pub max_grad_norm: f64,
+    /// Learning-rate schedule after warmup.
+    pub schedule: Schedule,
+    /// Warmup in steps (wins over `warmup_ratio`).
+    pub warmup_steps: Option<usize>,
+    /// Warmup as a share of all steps.
+    pub warmup_ratio: Option<f64>,
+    /// Storage precision on the GPU.
+    pub precision: Precision,
+    /// Seed of shuffling, augmentation, the validation split and new weights.
+    pub seed: u64,
+    /// RandomResizedCrop + horizontal flip.
+    pub augment: bool,
+    /// A new image order every epoch.
+    pub shuffle: bool,
+    /// Validation share of a flat folder.
+    pub val_fraction: f64,
+    /// Allow `output` to be (or lie inside) `model`.
+    pub overwrite_model: bool,
+    /// Allow a non-empty `output` that is not a vitgpu run.
+    pub overwrite_output: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            model: None,
+            config: None,
+            data: None,
+            output: PathBuf::from("runs/vitgpu"),
+            mode: Mode::Full,
+            res: None,
+            epochs: None,
+            max_steps: None,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: None,
+            weight_decay: None,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            schedule: Schedule::Cosine,
+            warmup_steps: None,
+            warmup_ratio: None,
+            precision: Precision::F32,
+            seed: 42,
+            augment: true,
+            shuffle: true,
+            val_fraction: 0.1,
+            overwrite_model: false,
+            overwrite_output: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// True for the embedded MNIST demo (no model, config or data given).
+    pub fn is_demo(&self) -> bool {
+        self.model.is_none() && self.config.is_none() && self.data.is_none()
+    }
+
+    /// Checks every numeric option against its range (the command line checks the same
+    /// ranges while parsing).
+    pub fn validate(&self) -> Result<()> {
+        let reals = [
+            ("--lr", self.lr, Range::Positive),
+            ("--epochs", self.epochs, Range::Positive),
+            ("--weight-decay", self.weight_decay, Range::NonNegative),
+            ("--adam-beta1", Some(self.adam_beta1), Range::UnitHalfOpen),
+            ("--adam-beta2", Some(self.adam_beta2), Range::UnitHalfOpen),
+            ("--adam-epsilon", Some(self.adam_epsilon), Range::Positive),
+            (
+                "--max-grad-norm",
+                Some(self.max_grad_norm),
+                Range::NonNegative,
+            ),
+            ("--warmup-ratio", self.warmup_ratio, Range::Unit),
+            (
+                "--val-fraction",
+                Some(self.val_fraction),
+                Range::UnitHalfOpen,
+            ),
+        ];
+        for (flag, v, range) in reals {
+            if let Some(Err(e)) = v.map(|v| range.check(v)) {
+                bail!("{flag} {e}");
+            }
+        }
+        let counts = [
+            ("--batch-size", Some(self.batch_size)),
+            ("--grad-accum", Some(self.grad_accum)),
+            ("--max-steps", self.max_steps),
+            ("--res", self.res),
+        ];
+        for (flag, v) in counts {
+            if v == Some(0) {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_accept_their_bounds_and_refuse_the_rest() {
+        assert!(Range::Positive.check(1e-9).is_ok());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(Range::Positive.check(bad).is_err(), "{bad}");
+        }
+        assert!(Range::NonNegative.check(0.0).is_ok());
+        assert!(Range::UnitHalfOpen.check(0.0).is_ok());
+        assert!(Range::UnitHalfOpen.check(1.0).is_err());
+        assert!(Range::Unit.check(1.0).is_ok());
+        assert!(Range::Unit.check(1.5).is_err());
+    }
+
+    #[test]
+    fn validate_names_the_flag() {
+        assert!(TrainOptions::default().validate().is_ok());
+        let o = TrainOptions {
+            adam_beta1: 2.0,
+            ..Default::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--adam-beta1"));
+        let o = TrainOptions {
+            max_steps: Some(0),
+            ..Default::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-steps"));
+    }
+}

@@ -1,0 +1,206 @@
+//! What a run starts from, prepared on the CPU before the GPU opens: the dataset, the
+//! starting weights (a checkpoint or a random init) and a classifier for the dataset's classes.
+
+use super::options::{Mode, TrainOptions};
+use crate::checkpoint::{self, StoredDtype};
+use crate::data::{Dataset, PreprocessorConfig, Rng};
+use crate::eval::preview;
+use crate::infer::preprocessor_for;
+use crate::model::{params, Config, HostTensor, ParamTable};
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Parameters on the host by parameter-table name, at the training resolution.
+pub type HostParams = BTreeMap<String, HostTensor>;
+
+/// Everything a run needs, prepared from the options.
+pub struct Setup {
+    /// The model's config; `id2label` holds the dataset's classes.
+    pub config: Config,
+    /// Starting values of every parameter (frozen ones are saved from here).
+    pub host: HostParams,
+    /// Training, validation and test samples.
+    pub dataset: Dataset,
+    /// Preprocessing at the training resolution.
+    pub pre: PreprocessorConfig,
+    /// Dtype of the saved checkpoint: the input's.
+    pub save_dtype: StoredDtype,
+    /// The first checkpoint tensor holding inf or NaN, if any (to explain a diverged run).
+    pub non_finite_param: Option<String>,
+}
+
+/// The starting weights and what comes with them.
+struct Start {
+    config: Config,
+    host: HostParams,
+    pre: PreprocessorConfig,
+    dtype: StoredDtype,
+    /// The first checkpoint tensor holding inf or NaN.
+    non_finite: Option<String>,
+}
+
+/// Loads the dataset and the starting weights, and fits the classifier to the classes.
+pub fn prepare(o: &TrainOptions) -> Result<Setup> {
+    let dataset = load_dataset(o)?;
+    let mut rng = Rng::new(o.seed);
+    let mut start = match &o.model {
+        Some(dir) => from_checkpoint(dir, o.res)?,
+        None => from_scratch(o, &mut rng)?,
+    };
+    check_fits(&start.config, start.pre.height, o.mode)?;
+    fit_head(&mut start, &dataset.classes, &mut rng)?;
+    if let Some(p) = &start.non_finite {
+        eprintln!("warning: the starting weights hold inf/NaN values (tensor {p})");
+    }
+    Ok(Setup {
+        config: start.config,
+        host: start.host,
+        dataset,
+        pre: start.pre,
+        save_dtype: start.dtype,
+        non_finite_param: start.non_finite,
+    })
+}
+
+fn load_dataset(o: &TrainOptions) -> Result<Dataset> {
+    let dataset = match &o.data {
+        Some(d) => Dataset::image_folder(d, o.val_fraction, o.seed)?,
+        None if o.is_demo() => Dataset::mnist_embedded()?,
+        None => bail!("--data DIR is required with --model/--config (or give neither to run the embedded MNIST demo)"),
+    };
+    if dataset.train.is_empty() {
+        bail!("the training split has no images");
+    }
+    if let [only] = &dataset.classes[..] {
+        eprintln!(
+            "warning: the dataset has one class ('{only}'): a classifier learns nothing from it; \
+             put each class's images in a folder of its own"
+        );
+    }
+    Ok(dataset)
+}
+
+fn from_checkpoint(dir: &Path, res: Option<usize>) -> Result<Start> {
+    let ckpt = checkpoint::load(dir)?;
+    let res = res.unwrap_or(ckpt.config.image_size);
+    let pre = preprocessor_for(&ckpt, Some(res))?;
+    let non_finite = ckpt
+        .tensors
+        .iter()
+        .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+        .map(|(name, _)| name.clone());
+    let mut config = ckpt.config.clone();
+    let mut host = ckpt.tensors;
+    params::to_resolution(&mut config, &mut host, res)?;
+    if !ckpt.has_classifier {
+        config.id2label.clear();
+    }
+    Ok(Start {
+        config,
+        host,
+        pre,
+        dtype: ckpt.dtype,
+        non_finite,
+    })
+}
+
+fn from_scratch(o: &TrainOptions, rng: &mut Rng) -> Result<Start> {
+    let mut config = match &o.config {
+        Some(name) => Config::preset(name)?,
+        None => demo_config(),
+    };
+    if let Some(r) = o.res {
+        config.image_size = r;
+    }
+    config.id2label.clear();
+    config.validate()?;
+    let host = ParamTable::new(&config, false).init(&config, rng);
+    let mut pre = PreprocessorConfig::default().with_size(config.image_size, config.image_size);
+    if o.is_demo() {
+        pre.resample = 2;
+    }
+    Ok(Start {
+        config,
+        host,
+        pre,
+        dtype: StoredDtype::F32,
+        non_finite: None,
+    })
+}
+
+/// The small ViT the demo trains on 28×28 digits.
+fn demo_config() -> Config {
+    let mut c = Config::preset("vit-tiny").expect("preset");
+    c.hidden_size = 64;
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 4;
+    c.intermediate_size = 128;
+    c.image_size = 28;
+    c.patch_size = 7;
+    c
+}
+
+/// Refuses what the model cannot train on: non-RGB input, a resolution off the patch grid,
+/// more layers to unfreeze than it has.
+fn check_fits(config: &Config, res: usize, mode: Mode) -> Result<()> {
+    if config.num_channels != 3 {
+        bail!(
+            "the checkpoint expects {}-channel images, but vitgpu's image pipeline produces RGB (3 channels)",
+            config.num_channels
+        );
+    }
+    if !res.is_multiple_of(config.patch_size) {
+        bail!(
+            "--res {res} is not a multiple of the patch size {}",
+            config.patch_size
+        );
+    }
+    let n = config.num_hidden_layers;
+    if let Mode::UnfreezeLast(k) = mode {
+        if k > n {
+            bail!("--unfreeze-last {k}: the model has only {n} layers");
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the head when it already predicts exactly the dataset's classes (rows reordered to
+/// the classes' order); otherwise starts a new one, as transformers does.
+fn fit_head(start: &mut Start, classes: &[String], rng: &mut Rng) -> Result<()> {
+    let [w, b] = ParamTable::head(&start.config).map(|p| start.host.remove(&p.name).map(|t| t.data));
+    let old = std::mem::replace(&mut start.config.id2label, classes.to_vec());
+    let same = old.len() == classes.len() && classes.iter().all(|c| old.contains(c));
+    let kept = match (w, b) {
+        (Some(w), Some(b)) if same => {
+            eprintln!(
+                "keeping the checkpoint's classifier: its labels match the dataset's classes"
+            );
+            let c = start.config.hidden_size;
+            let rows: Vec<usize> = classes
+                .iter()
+                .map(|name| old.iter().position(|o| o == name).unwrap_or(0))
+                .collect();
+            let w = rows.iter().flat_map(|&r| w[r * c..(r + 1) * c].to_vec());
+            Some((w.collect(), rows.iter().map(|&r| b[r]).collect()))
+        }
+        _ => None,
+    };
+    if kept.is_none() && !old.is_empty() {
+        eprintln!(
+            "new classifier for {} classes ({}): the checkpoint's {} labels differ",
+            classes.len(),
+            preview(classes),
+            old.len()
+        );
+    }
+    let mut values = kept.map(|(w, b)| [w, b].into_iter());
+    for p in ParamTable::head(&start.config) {
+        let v = match values.as_mut().and_then(Iterator::next) {
+            Some(v) => v,
+            None => p.init_values(&start.config, rng),
+        };
+        start.host.insert(p.name, HostTensor::new(p.shape, v)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! The Trainer: epochs of optimizer steps, evaluation and a checkpoint after every epoch, a
+//! bound on steps that give inf/NaN, and Ctrl-C honoured between any two steps or batches.
+
+use super::optim::{lr_factor, FlatParams, LossScaler};
+use super::options::{Mode, TrainOptions};
+use super::output::{start_run, LOG_FILE};
+use super::plan::Plan;
+use super::setup::Setup;
+use super::{Diverged, Report};
+use crate::checkpoint;
+use crate::data::{Batch, Loader, Rng, Sample};
+use crate::eval::metrics::loss_and_accuracy;
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::infer::run_batches;
+use crate::kernels::adamw::AdamWStep;
+use crate::kernels::softmax::{cross_entropy_backward, cross_entropy_forward};
+use crate::model::Vit;
+use crate::tape::{Graph, Node};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// CLS features (after the final layer norm) of each sample; None where unreadable.
+type Features = Arc<Vec<Option<Vec<f32>>>>;
+
+/// (image, reason) of samples that could not be read.
+type Failed = Vec<(String, String)>;
+
+/// Where an epoch's micro-batches come from: decoded images, or cached features.
+enum Batches {
+    Images(Loader),
+    Features {
+        feats: Features,
+        order: Vec<usize>,
+        batch_size: usize,
+        next: usize,
+    },
+}
+
+impl Batches {
+    fn next(&mut self, samples: &[Sample]) -> Result<Batch> {
+        match self {
+            Batches::Images(loader) => loader.next(),
+            Batches::Features {
+                feats,
+                order,
+                batch_size,
+                next,
+            } => {
+                let idx = &order[*next..(*next + *batch_size).min(order.len())];
+                *next += idx.len();
+                let mut batch = Batch::from_features(feats, idx, samples);
+                batch.failed = idx
+                    .iter()
+                    .filter(|&&i| feats[i].is_none())
+                    .map(|&i| (samples[i].describe(), "unreadable".to_string()))
+                    .collect();
+                Ok(batch)
+            }
+        }
+    }
+
+    fn cached(&self) -> bool {
+        matches!(self, Batches::Features { .. })
+    }
+}
+
+/// Counters and what the run reports at the end.
+struct Progress {
+    /// Optimizer steps applied.
+    step: usize,
+    /// Consecutive steps skipped for inf/NaN.
+    bad_steps: usize,
+    images_seen: usize,
+    /// Unreadable images (by name, each once) and why.
+    skipped: BTreeMap<String, String>,
+    accuracy: Option<f64>,
+    /// The step of the last checkpoint written.
+    saved_step: Option<usize>,
+    started: Instant,
+    bar: indicatif::ProgressBar,
+}
+
+/// A fine-tuning run on one GPU: built from the prepared setup and the plan, run once.
+pub struct Trainer<'a> {
+    gpu: &'a Gpu,
+    opts: &'a TrainOptions,
+    plan: Plan,
+    setup: Setup,
+    vit: Vit,
+    flat: FlatParams,
+    scaler: LossScaler,
+    log: std::fs::File,
+    stop: &'a AtomicBool,
+    /// (training, validation) features when the classifier trains alone on fixed features.
+    features: Option<(Features, Features)>,
+    p: Progress,
+}
+
+/// Indices of the parameters `mode` trains. Layer indices: 0 embeddings, 1..=L encoder
+/// layers, L + 1 the final norm and the head.
+fn trainable(vit: &Vit, mode: Mode) -> Vec<usize> {
+    let n_layers = vit.config().num_hidden_layers;
+    vit.param_table()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| match mode {
+            Mode::Full => true,
+            Mode::HeadOnly => p.head,
+            Mode::UnfreezeLast(k) => p.layer + k > n_layers,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Steps done, loss, images/s and ETA (drawn only when stderr is a terminal).
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+impl<'a> Trainer<'a> {
+    /// Uploads the model, packs the trainable parameters and starts the run's files.
+    pub fn new(
+        gpu: &'a Gpu,
+        opts: &'a TrainOptions,
+        setup: Setup,
+        plan: Plan,
+        stop: &'a AtomicBool,
+    ) -> Result<Trainer<'a>> {
+        let res = setup.pre.height;
+        let dtype = opts.precision.dtype();
+        let mut vit = Vit::new(
+            gpu,
+            setup.config.clone(),
+            &setup.host,
+            true,
+            dtype,
+            Some((res, res)),
+        )?;
+        let host_vals: Vec<Vec<f32>> = vit
+            .param_table()
+            .iter()
+            .map(|p| setup.host[&p.name].data.clone())
+            .collect();
+        let train = trainable(&vit, opts.mode);
+        let flat = FlatParams::new(gpu, &mut vit, &train, &host_vals)?;
+        start_run(opts, &plan)?;
+        let log_path = opts.output.join(LOG_FILE);
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot write {}", log_path.display()))?;
+        eprintln!(
+            "training {} of {} parameters ({} images, {} classes, {res}×{res}, {:?}, {} steps)",
+            flat.count(),
+            setup.host.values().map(|t| t.data.len()).sum::<usize>(),
+            setup.dataset.train.len(),
+            setup.dataset.classes.len(),
+            opts.precision,
+            plan.total_steps
+        );
+        let bar = progress_bar(plan.total_steps);
+        Ok(Trainer {
+            gpu,
+            opts,
+            scaler: LossScaler::new(opts.precision.dtype() == DType::F16),
+            plan,
+            setup,
+            vit,
+            flat,
+            log,
+            stop,
+            features: None,
+            p: Progress {
+                step: 0,
+                bad_steps: 0,
+                images_seen: 0,
+                skipped: BTreeMap::new(),
+                accuracy: None,
+                saved_step: None,
+                started: Instant::now(),
+                bar,
+            },
+        })
+    }
+
+    /// Trains to the end of the plan, or until Ctrl-C (then saves what was trained). Fails
+    /// with [`Diverged`] when steps keep giving inf/NaN, without saving.
+    pub fn run(mut self) -> Result<Report> {
+        let result = self.cache_features().and_then(|()| {
+            self.p.started = Instant::now();
+            self.epochs()
+        });
+        self.p.bar.finish_and_clear();
+        if let Some((image, why)) = self.p.skipped.iter().next() {
+            eprintln!(
+                "warning: {} unreadable images were skipped, e.g. {image}: {why}",
+                self.p.skipped.len()
+            );
+        }
+        result?;
+        let interrupted = self.stopped();
+        if interrupted {
+            self.save_if_new()?;
+        }
+        Ok(Report {
+            final_accuracy: self.p.accuracy,
+            steps: self.p.step,
+            interrupted,
+            saved: self.p.saved_step.is_some(),
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The epoch loop: each epoch ends with an evaluation and a checkpoint.
+    fn epochs(&mut self) -> Result<()> {
+        let mut epoch = 0;
+        while self.p.step < self.plan.total_steps && !self.stopped() {
+            self.epoch(epoch)?;
+            if self.stopped() {
+                break;
+            }
+            epoch += 1;
+            self.evaluate(epoch)?;
+            self.save_if_new()?;
+        }
+        Ok(())
+    }
+
+    /// One pass over the training split (or less, where the plan ends or Ctrl-C comes).
+    fn epoch(&mut self, epoch: usize) -> Result<()> {
+        let mut batches = self.batches(epoch);
+        let mut left = self.plan.micro_per_epoch;
+        while left > 0 && self.p.step < self.plan.total_steps && !self.stopped() {
+            let micro = self.opts.grad_accum.min(left);
+            self.step(&mut batches, micro)?;
+            left -= micro;
+        }
+        Ok(())
+    }
+
+    fn batches(&self, epoch: usize) -> Batches {
+        let train = &self.setup.dataset.train;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        if self.opts.shuffle {
+            Rng::new(self.opts.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
+        }
+        match &self.features {
+            Some((feats, _)) => Batches::Features {
+                feats: feats.clone(),
+                order,
+                batch_size: self.opts.batch_size,
+                next: 0,
+            },
+            None => Batches::Images(Loader::start(
+                train.clone(),
+                order,
+                self.opts.batch_size,
+                self.setup.pre.clone(),
+                self.plan.augment,
+                self.opts.seed ^ ((epoch as u64 + 1) << 32),
+            )),
+        }
+    }
+
+    /// One optimizer step over `micro` micro-batches: applied, or skipped when the loss or
+    /// the gradients are not finite.
+    fn step(&mut self, batches: &mut Batches, micro: usize) -> Result<()> {
+        self.flat.zero_grads(self.gpu);
+        let mut losses = Vec::new();
+        let mut failed = Failed::new();
+        for _ in 0..micro {
+            let batch = batches.next(&self.setup.dataset.train)?;
+            failed.extend(batch.failed.iter().cloned());
+            if !batch.labels.is_empty() {
+                self.p.images_seen += batch.labels.len();
+                losses.push(self.forward_backward(&batch, batches.cached())?);
+            }
+        }
+        self.note_skipped(&failed);
+        if losses.is_empty() {
+            bail!(self.unreadable_step(&failed));
+        }
+        // After this readback the GPU is idle: reading the losses next does not stall it.
+        let norm = self.flat.grad_sumsq(self.gpu)?.sqrt() / self.scaler.scale as f64;
+        let loss = self.mean_loss(&losses)?;
+        if !(loss.is_finite() && norm.is_finite()) {
+            return self.skip(loss);
+        }
+        let lr = self.apply(norm);
+        self.scaler.update(true);
+        self.p.bad_steps = 0;
+        self.log_step(loss, lr)
+    }
+
+    /// Forward + backward of one micro-batch (recorded, not waited for); returns its
+    /// per-example losses.
+    fn forward_backward(&self, batch: &Batch, cached: bool) -> Result<GpuTensor> {
+        let gpu = self.gpu;
+        let b = batch.labels.len();
+        let labels = gpu.upload_u32(&batch.labels);
+        let mut g = Graph::new(gpu, self.vit.dtype());
+        let logits = if cached {
+            self.head(&mut g, &batch.pixels, b)?
+        } else {
+            let res = self.setup.pre.height;
+            let pixels = gpu.upload(&batch.pixels, &[b, 3, res, res], DType::F32)?;
+            self.vit.forward(&mut g, &pixels)?
+        };
+        let losses = gpu.alloc(&[b], DType::F32)?;
+        cross_entropy_forward(gpu, &losses, &logits.t, &labels);
+        let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
+        let scale = self.scaler.scale / (b * self.opts.grad_accum) as f32;
+        cross_entropy_backward(gpu, &dlogits, &logits.t, &labels, scale);
+        g.backward(&logits, dlogits)?;
+        Ok(losses)
+    }
+
+    /// The model's own classifier on cached CLS features (B, C): logits (B, L).
+    fn head(&self, g: &mut Graph, feats: &[f32], b: usize) -> Result<Node> {
+        let c = self.vit.config().hidden_size;
+        // As (B, T = 1, C): the CLS token is the only token.
+        let t = self.gpu.upload(feats, &[b, 1, c], DType::F32)?;
+        self.vit
+            .classify(g, &Node { t, var: None })?
+            .context("the model has no classifier")
+    }
+
+    fn mean_loss(&self, losses: &[GpuTensor]) -> Result<f32> {
+        let mut sum = 0.0;
+        for l in losses {
+            let v = self.gpu.read(l)?;
+            sum += v.iter().sum::<f32>() / v.len() as f32;
+        }
+        Ok(sum / losses.len() as f32)
+    }
+
+    /// Clips, schedules and applies one AdamW update; returns the learning rate used.
+    fn apply(&mut self, norm: f64) -> f64 {
+        let (o, plan) = (self.opts, &self.plan);
+        let clip = if o.max_grad_norm > 0.0 {
+            (o.max_grad_norm / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        let lr = plan.lr * lr_factor(o.schedule, self.p.step, plan.warmup_steps, plan.total_steps);
+        let s = AdamWStep {
+            lr: lr as f32,
+            beta1: o.adam_beta1 as f32,
+            beta2: o.adam_beta2 as f32,
+            eps: o.adam_epsilon as f32,
+            weight_decay: plan.weight_decay as f32,
+            t: (self.p.step + 1) as u32,
+            grad_scale: (clip / self.scaler.scale as f64) as f32,
+        };
+        self.flat.step(self.gpu, &s);
+        self.p.step += 1;
+        lr
+    }
+
+    /// A step whose loss or gradients are inf/NaN: skipped while the f16 loss scale can still
+    /// come down; otherwise (f32, or the scale at its floor) training stops.
+    fn skip(&mut self, loss: f32) -> Result<()> {
+        let hopeless = !self.scaler.enabled() || self.scaler.at_floor();
+        self.scaler.update(false);
+        self.p.bad_steps += 1;
+        let (step, scale) = (self.p.step + 1, self.scaler.scale);
+        self.write_log(json!({"event": "skipped_step", "step": step, "reason": "inf/NaN loss or gradients", "loss": loss, "loss_scale": scale}))?;
+        if hopeless {
+            let what = if loss.is_finite() {
+                "gradients"
+            } else {
+                "loss"
+            };
+            let n = self.p.bad_steps;
+            let what = match n {
+                1 => format!("step {step} gave an inf/NaN {what}"),
+                _ => format!("step {step} gave an inf/NaN {what} {n} times in a row"),
+            };
+            let why_stop = match self.scaler.enabled() {
+                true => "the f16 loss scale is at its floor",
+                false => "in f32, loss scaling cannot help",
+            };
+            return Err(self.diverged(format!("training stopped: {what} ({why_stop})")));
+        }
+        self.p.bar.suspend(|| {
+            eprintln!("step {step}: inf/NaN gradients, skipped; loss scale now {scale}")
+        });
+        Ok(())
+    }
+
+    /// A [`Diverged`] error: what happened, its likely cause, and what was kept on disk.
+    fn diverged(&self, what: String) -> anyhow::Error {
+        let o = self.opts;
+        let cause = if let Some(p) = &self.setup.non_finite_param {
+            format!("the starting weights, which hold inf/NaN values (tensor {p}): start from a finite checkpoint")
+        } else if self.p.step == 0 {
+            "the weights or the data: the very first step gives inf/NaN (check the checkpoint and the images)".to_string()
+        } else {
+            format!(
+                "the learning rate: --lr {:e} is probably too high for this model (or --adam-epsilon {:e} too small); \
+                 try a lower --lr, a warmup (--warmup-ratio 0.1) or clipping (--max-grad-norm 1)",
+                self.plan.lr, o.adam_epsilon
+            )
+        };
+        let kept = match self.p.saved_step {
+            Some(s) => format!(
+                "The checkpoint saved in {} after step {s} is kept",
+                o.output.display()
+            ),
+            None => "Nothing was saved".to_string(),
+        };
+        Diverged(format!("{what}. Likely cause: {cause}. {kept}.")).into()
+    }
+
+    fn unreadable_step(&self, failed: &Failed) -> String {
+        let (image, why) = failed.first().cloned().unwrap_or_default();
+        // Cached features carry no reason: the one noted when they were computed is better.
+        let why = self.p.skipped.get(&image).cloned().unwrap_or(why);
+        let data = match &self.opts.data {
+            Some(d) => d.display().to_string(),
+            None => "the data".to_string(),
+        };
+        format!(
+            "step {}: none of its {} images could be read (e.g. {image}: {why}); every step needs \
+             readable images: fix or remove the unreadable files in {data}",
+            self.p.step + 1,
+            failed.len()
+        )
+    }
+
+    fn note_skipped(&mut self, failed: &Failed) {
+        for (image, why) in failed {
+            self.p.skipped.entry(image.clone()).or_insert(why.clone());
+        }
+    }
+
+    fn write_log(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.log, "{line}")?;
+        self.log.flush()?;
+        Ok(())
+    }
+
+    fn log_step(&mut self, loss: f32, lr: f64) -> Result<()> {
+        let step = self.p.step;
+        let epoch = self.plan.epoch_at(step);
+        self.write_log(json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr}))?;
+        let secs = self.p.started.elapsed().as_secs_f64().max(1e-9);
+        let ips = self.p.images_seen as f64 / secs;
+        self.p.bar.set_position(step as u64);
+        self.p
+            .bar
+            .set_message(format!("loss {loss:.4}  {ips:.1} img/s"));
+        Ok(())
+    }
+
+    /// Linear probe without augmentation: the backbone's CLS features, once per image.
+    fn cache_features(&mut self) -> Result<()> {
+        if !self.plan.cached_features {
+            return Ok(());
+        }
+        let ds = &self.setup.dataset;
+        eprintln!(
+            "computing backbone features once ({} images)",
+            ds.train.len()
+        );
+        let (train, failed_train) = self.cls_features(&ds.train)?;
+        let (val, failed_val) = self.cls_features(&ds.validation)?;
+        self.note_skipped(&failed_train);
+        self.note_skipped(&failed_val);
+        self.features = Some((train, val));
+        Ok(())
+    }
+
+    /// CLS features after the final layer norm, through the shared inference loop.
+    fn cls_features(&self, samples: &[Sample]) -> Result<(Features, Failed)> {
+        let (gpu, vit) = (self.gpu, &self.vit);
+        let c = vit.config().hidden_size;
+        let bs = self.opts.batch_size;
+        let out = run_batches(gpu, &self.setup.pre, samples, bs, self.stop, |pixels| {
+            let mut g = Graph::no_grad(gpu, vit.dtype());
+            let hidden = vit.forward_all(&mut g, pixels, false)?.last_hidden.t;
+            let t = hidden.shape[1];
+            let x = gpu.read(&hidden)?;
+            Ok(x.chunks(t * c)
+                .flat_map(|tokens| &tokens[..c])
+                .copied()
+                .collect())
+        })?;
+        let mut feats = vec![None; samples.len()];
+        for (k, &i) in out.indices.iter().enumerate() {
+            feats[i] = Some(out.rows[k * c..(k + 1) * c].to_vec());
+        }
+        Ok((Arc::new(feats), out.failed))
+    }
+
+    /// Loss and accuracy on the validation split, printed and logged. Nothing when the split
+    /// is empty, unreadable, or Ctrl-C cut the evaluation short.
+    fn evaluate(&mut self, epoch: usize) -> Result<()> {
+        if self.setup.dataset.validation.is_empty() {
+            return Ok(());
+        }
+        let (logits, labels, failed) = self.validation_logits()?;
+        self.note_skipped(&failed);
+        if self.stopped() {
+            return Ok(());
+        }
+        let Some((loss, acc)) = loss_and_accuracy(&logits, &labels, self.vit.num_labels()) else {
+            eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
+            return Ok(());
+        };
+        // println, not bar.println: the bar is hidden when stderr is not a terminal.
+        self.p.bar.suspend(|| {
+            println!(
+                "epoch {epoch}: validation loss {loss:.4}, accuracy {:.2}%",
+                acc * 100.0
+            )
+        });
+        let step = self.p.step;
+        let ep = self.plan.epoch_at(step);
+        self.write_log(json!({"split": "validation", "step": step, "epoch": ep, "loss": loss, "accuracy": acc}))?;
+        self.p.accuracy = Some(acc);
+        Ok(())
+    }
+
+    /// Logits and labels of the readable validation samples, and the unreadable ones.
+    fn validation_logits(&self) -> Result<(Vec<f32>, Vec<u32>, Failed)> {
+        let val = &self.setup.dataset.validation;
+        let labels_of = |idx: &[usize]| idx.iter().map(|&i| val[i].label as u32).collect();
+        if let Some((_, feats)) = &self.features {
+            let idx: Vec<usize> = (0..val.len()).filter(|&i| feats[i].is_some()).collect();
+            let mut logits = Vec::new();
+            let mut done = 0;
+            for chunk in idx.chunks(self.opts.batch_size) {
+                if self.stopped() {
+                    break;
+                }
+                let batch = Batch::from_features(feats, chunk, val);
+                let mut g = Graph::no_grad(self.gpu, self.vit.dtype());
+                let l = self.head(&mut g, &batch.pixels, chunk.len())?;
+                logits.extend(self.gpu.read(&l.t)?);
+                done += chunk.len();
+            }
+            return Ok((logits, labels_of(&idx[..done]), Failed::new()));
+        }
+        let (gpu, vit) = (self.gpu, &self.vit);
+        let bs = self.opts.batch_size;
+        let out = run_batches(gpu, &self.setup.pre, val, bs, self.stop, |pixels| {
+            let mut g = Graph::no_grad(gpu, vit.dtype());
+            gpu.read(&vit.forward(&mut g, pixels)?.t)
+        })?;
+        Ok((out.rows, labels_of(&out.indices), out.failed))
+    }
+
+    /// Saves unless nothing was trained since the last save (or at all).
+    fn save_if_new(&mut self) -> Result<()> {
+        if self.p.step == 0 || self.p.saved_step == Some(self.p.step) {
+            return Ok(());
+        }
+        self.save()
+    }
+
+    /// Writes the Hugging Face checkpoint (atomically, file by file), unless a weight is
+    /// inf/NaN: then the last checkpoint stays and the run fails with [`Diverged`].
+    fn save(&mut self) -> Result<()> {
+        let mut tensors = self.setup.host.clone();
+        let table = self.vit.param_table();
+        for (i, vals) in self.flat.read_master(self.gpu)? {
+            if let Some(t) = tensors.get_mut(&table[i].name) {
+                t.data = vals;
+            }
+        }
+        let config = self.vit.saved_config();
+        if let Some((name, _)) = tensors
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+        {
+            let step = self.p.step;
+            return Err(self.diverged(format!(
+                "after step {step} the weights hold inf/NaN values (tensor {name}), so they were not saved"
+            )));
+        }
+        let pre = self.setup.pre.to_json();
+        checkpoint::save(
+            &self.opts.output,
+            &config,
+            &tensors,
+            self.setup.save_dtype,
+            &pre,
+        )?;
+        self.p.saved_step = Some(self.p.step);
+        Ok(())
+    }
+}
