@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod data;
 mod interp;
 mod kernels_attention;
 mod kernels_matmul;
