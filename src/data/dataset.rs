@@ -1,5 +1,6 @@
 //! Labelled image datasets: ImageFolder layouts on disk and the embedded MNIST sample.
 
+use super::walk::{classify, walk_images, Entry, SkippedFile};
 use super::Rng;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -10,23 +11,30 @@ use std::sync::Arc;
 /// Where a sample's pixels come from.
 #[derive(Clone, Debug)]
 pub enum Source {
+    /// An image file, decoded when the sample is loaded.
     File(PathBuf),
+    /// Pixels already in memory (the embedded MNIST sample).
     Memory(Arc<RgbImage>),
 }
 
+/// One labelled image.
 #[derive(Clone, Debug)]
 pub struct Sample {
+    /// Where the pixels come from.
     pub source: Source,
+    /// Class index into [`Dataset::classes`].
     pub label: usize,
 }
 
 impl Sample {
+    /// The pixels as RGB (decoded as PIL would; see [`super::load_rgb`]).
     pub fn load(&self) -> Result<RgbImage> {
         match &self.source {
             Source::File(p) => super::load_rgb(p),
             Source::Memory(img) => Ok((**img).clone()),
         }
     }
+    /// The sample's name in messages: its file path, or `<embedded>`.
     pub fn describe(&self) -> String {
         match &self.source {
             Source::File(p) => p.display().to_string(),
@@ -35,39 +43,66 @@ impl Sample {
     }
 }
 
+/// A labelled dataset with its splits.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
     /// Class names; index = label id (sorted by name for folders).
     pub classes: Vec<String>,
+    /// Training samples.
     pub train: Vec<Sample>,
+    /// Validation samples (a folder of their own, or split off the training folder).
     pub validation: Vec<Sample>,
+    /// Test samples (`DIR/test`), if any.
     pub test: Vec<Sample>,
+    /// Entries of the data folder that are not samples (non-image files, files outside a
+    /// class folder, broken or looping symbolic links), with the reason: for `-v` listings.
+    pub skipped: Vec<SkippedFile>,
 }
 
-fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// The class folders of `dir` (symbolic links followed), sorted by name; other entries are
+/// added to `skipped`.
+fn class_dirs(dir: &Path, skipped: &mut Vec<SkippedFile>) -> Result<Vec<(String, PathBuf)>> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read data folder {}", dir.display()))?
     {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            v.push((e.file_name().to_string_lossy().to_string(), e.path()));
+        let path = e?.path();
+        match classify(&path) {
+            Entry::Dir { .. } => v.push((
+                path.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                path,
+            )),
+            Entry::File => skipped.push(SkippedFile {
+                reason: format!(
+                    "not inside a class folder (images go in {}/CLASS_NAME/)",
+                    dir.display()
+                ),
+                path,
+            }),
+            Entry::Skip(reason) => skipped.push(SkippedFile { path, reason }),
         }
     }
     v.sort();
     Ok(v)
 }
 
-fn files_of(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = super::collect_images(&[dir.to_path_buf()])?;
-    files.sort();
-    Ok(files)
+/// The images under a class folder, sorted; everything else goes to `skipped`.
+fn files_of(dir: &Path, skipped: &mut Vec<SkippedFile>) -> Result<Vec<PathBuf>> {
+    let w = walk_images(&[dir.to_path_buf()])?;
+    skipped.extend(w.skipped);
+    Ok(w.images)
 }
 
 /// A split `DIR/CLASS/*` with labels looked up in `classes`.
-fn labelled_split(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+fn labelled_split(
+    dir: &Path,
+    classes: &[String],
+    skipped: &mut Vec<SkippedFile>,
+) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
-    for (name, path) in class_dirs(dir)? {
+    for (name, path) in class_dirs(dir, skipped)? {
         let Some(label) = classes.iter().position(|c| *c == name) else {
             bail!(
                 "{}: class '{name}' does not exist in the training split (classes: {})",
@@ -75,7 +110,7 @@ fn labelled_split(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                 classes.join(", ")
             );
         };
-        for f in files_of(&path)? {
+        for f in files_of(&path, skipped)? {
             out.push(Sample {
                 source: Source::File(f),
                 label,
@@ -102,7 +137,8 @@ impl Dataset {
         } else {
             (dir.to_path_buf(), true)
         };
-        let classes = class_dirs(&class_root)?;
+        let mut skipped = Vec::new();
+        let classes = class_dirs(&class_root, &mut skipped)?;
         if classes.is_empty() {
             bail!(
                 "{} has no class folders: put images in {}/CLASS_NAME/",
@@ -113,7 +149,7 @@ impl Dataset {
         ds.classes = classes.iter().map(|(n, _)| n.clone()).collect();
         let mut rng = Rng::new(seed);
         for (label, (name, path)) in classes.iter().enumerate() {
-            let files = files_of(path)?;
+            let files = files_of(path, &mut skipped)?;
             if files.is_empty() {
                 bail!(
                     "class folder {} ({name}) has no images: add some or remove the folder",
@@ -144,15 +180,16 @@ impl Dataset {
             for name in ["validation", "val"] {
                 let d = dir.join(name);
                 if d.is_dir() {
-                    ds.validation = labelled_split(&d, &ds.classes)?;
+                    ds.validation = labelled_split(&d, &ds.classes, &mut skipped)?;
                     break;
                 }
             }
             let t = dir.join("test");
             if t.is_dir() {
-                ds.test = labelled_split(&t, &ds.classes)?;
+                ds.test = labelled_split(&t, &ds.classes, &mut skipped)?;
             }
         }
+        ds.skipped = skipped;
         Ok(ds)
     }
 
@@ -197,6 +234,7 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// The samples of a split by name: train, validation (or val), test.
     pub fn split(&self, name: &str) -> Result<&[Sample]> {
         Ok(match name {
             "train" => &self.train,

@@ -1,12 +1,16 @@
 //! Image decoding, preprocessing and datasets.
 
 pub mod augment;
+pub mod dataset;
+pub mod decode;
+pub mod loader;
 pub mod preprocess;
+pub mod walk;
 
 pub use crate::rng::Rng;
 pub use augment::*;
-pub use preprocess::*;
-pub mod dataset;
-pub mod loader;
 pub use dataset::{Dataset, Sample, Source};
-pub use loader::{Batch, Loader};
+pub use decode::*;
+pub use loader::{Batch, Loader, Unreadable};
+pub use preprocess::*;
+pub use walk::{collect_images, is_image_path, walk_images, SkippedFile, Walk, IMAGE_EXTENSIONS};

@@ -1,5 +1,5 @@
-//! CPU image pipeline matching Hugging Face `ViTImageProcessor`: decode + PIL `convert("RGB")`,
-//! PIL-exact `Image.resize`, rescale and normalise to (3, H, W) f32.
+//! CPU image pipeline matching Hugging Face `ViTImageProcessor` after decoding (see
+//! [`super::decode`]): PIL-exact `Image.resize`, rescale and normalise to (3, H, W) f32.
 //!
 //! The resampler re-implements the arithmetic of Pillow's `libImaging/Resample.c`
 //! (8-bit path: separable two-pass convolution with 22-bit fixed-point weights, rounding
@@ -7,9 +7,9 @@
 //! so resized u8 images are bit-identical to Pillow's for lossless sources.
 
 use anyhow::{anyhow, bail, Context, Result};
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::RgbImage;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// PIL resampling codes (`PIL.Image.Resampling`).
 pub const RESAMPLE_NEAREST: u32 = 0;
@@ -205,154 +205,6 @@ impl PreprocessorConfig {
             ..self.clone()
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Decoding
-// ---------------------------------------------------------------------------
-
-/// Convert a decoded image to 8-bit RGB exactly as PIL's `convert("RGB")` would for the mode
-/// PIL opens that file in:
-/// - gray (L) is replicated to R=G=B; alpha channels are dropped (no compositing);
-/// - 16-bit gray (PIL mode `I;16`/`I`) is *clamped* to 0..=255 (PIL's `I;16 -> RGB`
-///   conversion saturates, it does not scale);
-/// - 16-bit RGB/RGBA/LA (PIL unpacks these with `RGB;16B`-style rawmodes) keep the high byte
-///   (`v >> 8`);
-/// - float images (not produced by the formats we target) use the `image` crate's conversion.
-pub fn dynamic_to_rgb(img: DynamicImage) -> RgbImage {
-    let (w, h) = (img.width(), img.height());
-    let from_fn =
-        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
-    match img {
-        DynamicImage::ImageRgb8(i) => i,
-        DynamicImage::ImageRgba8(i) => from_fn(&|x, y| {
-            let p = i.get_pixel(x, y).0;
-            [p[0], p[1], p[2]]
-        }),
-        DynamicImage::ImageLuma8(i) => from_fn(&|x, y| [i.get_pixel(x, y).0[0]; 3]),
-        DynamicImage::ImageLumaA8(i) => from_fn(&|x, y| [i.get_pixel(x, y).0[0]; 3]),
-        DynamicImage::ImageLuma16(i) => from_fn(&|x, y| [i.get_pixel(x, y).0[0].min(255) as u8; 3]),
-        DynamicImage::ImageLumaA16(i) => from_fn(&|x, y| [(i.get_pixel(x, y).0[0] >> 8) as u8; 3]),
-        DynamicImage::ImageRgb16(i) => from_fn(&|x, y| {
-            let p = i.get_pixel(x, y).0;
-            [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
-        }),
-        DynamicImage::ImageRgba16(i) => from_fn(&|x, y| {
-            let p = i.get_pixel(x, y).0;
-            [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
-        }),
-        other => other.to_rgb8(),
-    }
-}
-
-/// Decode an image file (format detected from its content, not its extension) and convert it
-/// to RGB as PIL's `Image.open(path).convert("RGB")` would (see [`dynamic_to_rgb`]).
-/// EXIF orientation is not applied (PIL's `Image.open` does not apply it either).
-pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let fail = |reason: String| anyhow!("cannot read image {}: {reason}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let reader = ImageReader::new(std::io::BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|e| fail(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(fail(
-            "not a recognised image format (expected JPEG, PNG, WebP, BMP or TIFF content)".into(),
-        ));
-    }
-    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    // Decoders should report errors, but a malformed file must never take the process down.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
-        .map_err(|_| fail("the decoder crashed on this file (corrupt image?)".into()))?
-        .map_err(|e| fail(format!("{e} (corrupt or truncated file?)")))?;
-    if decoded.width() == 0 || decoded.height() == 0 {
-        return Err(fail("image has zero width or height".into()));
-    }
-    if is_jpeg {
-        if let Some(img) = decode_jpeg_like_pil(path) {
-            return Ok(img);
-        }
-    }
-    Ok(dynamic_to_rgb(decoded))
-}
-
-/// JPEG through libjpeg (mozjpeg, the libjpeg-turbo decoder: ISLOW IDCT, fancy upsampling),
-/// which gives PIL's pixels exactly. None for CMYK/YCCK files or if libjpeg gives up; the
-/// caller then keeps the `image` crate's decode.
-fn decode_jpeg_like_pil(path: &Path) -> Option<RgbImage> {
-    std::panic::catch_unwind(|| {
-        let d = mozjpeg::Decompress::new_path(path).ok()?;
-        if matches!(
-            d.color_space(),
-            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
-        ) {
-            return None;
-        }
-        let mut started = d.rgb().ok()?;
-        let (w, h) = (started.width() as u32, started.height() as u32);
-        let px: Vec<[u8; 3]> = started.read_scanlines().ok()?;
-        let flat: Vec<u8> = px.into_iter().flatten().collect();
-        RgbImage::from_raw(w, h, flat)
-    })
-    .ok()
-    .flatten()
-}
-
-/// True when the extension is one of jpg, jpeg, png, webp, bmp, tif, tiff (any case).
-pub fn is_image_path(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| {
-            matches!(
-                e.to_ascii_lowercase().as_str(),
-                "jpg" | "jpeg" | "png" | "webp" | "bmp" | "tif" | "tiff"
-            )
-        })
-        .unwrap_or(false)
-}
-
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut Vec<PathBuf>) -> Result<()> {
-    // Guard against symlink loops: never enter the same real directory twice.
-    if let Ok(real) = dir.canonicalize() {
-        if visited.contains(&real) {
-            return Ok(());
-        }
-        visited.push(real);
-    }
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list directory {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list directory {}", dir.display()))?;
-        let p = entry.path();
-        if p.is_dir() {
-            walk_dir(&p, out, visited)?;
-        } else if p.is_file() && is_image_path(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-/// Expand inputs: files are kept as given (whatever their extension); directories are walked
-/// recursively for image files (by extension, see [`is_image_path`]), sorted by path.
-pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut all = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found = Vec::new();
-            let mut visited = Vec::new();
-            walk_dir(input, &mut found, &mut visited)?;
-            found.sort();
-            all.extend(found);
-        } else if input.exists() {
-            all.push(input.clone());
-        } else {
-            bail!(
-                "input {} does not exist; pass image files or directories of images",
-                input.display()
-            );
-        }
-    }
-    Ok(all)
 }
 
 // ---------------------------------------------------------------------------
@@ -876,17 +728,5 @@ mod tests {
         assert_eq!(j["do_convert_rgb"], true);
         assert_eq!(j["image_mean"][0].as_f64(), Some(0.485));
         assert_eq!(PreprocessorConfig::from_json(&j).unwrap(), c);
-    }
-
-    #[test]
-    fn image_path_extensions() {
-        for p in [
-            "a.jpg", "b.JPEG", "c.Png", "d.webp", "e.bmp", "f.TIF", "g.tiff",
-        ] {
-            assert!(is_image_path(Path::new(p)), "{p}");
-        }
-        for p in ["a.txt", "b", "c.gif", "jpg"] {
-            assert!(!is_image_path(Path::new(p)), "{p}");
-        }
     }
 }

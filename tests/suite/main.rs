@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod data;
 mod gpu;
 mod interp;
 mod kernels_attention;

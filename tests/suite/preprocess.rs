@@ -19,7 +19,7 @@ const LOSSLESS: &[(&str, &str)] = &[
     ("cat_webp", "cat.webp"),
 ];
 
-/// JPEG sources: decoded with zune-jpeg (via `image`), not libjpeg-turbo as PIL does.
+/// JPEG sources: decoded with libjpeg (mozjpeg), as PIL decodes them with libjpeg-turbo.
 const FULL_224: &[&str] = &["cat", "gray", "rocket", "cat_small"];
 const JPEG: &[(&str, &str)] = &[("rocket", "rocket.jpg"), ("cat_small", "cat_small.jpg")];
 
