@@ -6,7 +6,7 @@
 //! and clipping after each pass) and the nearest-neighbour path of `libImaging/Geometry.c`,
 //! so resized u8 images are bit-identical to Pillow's for lossless sources.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
 use serde_json::{json, Value};
 use std::path::Path;
