@@ -43,6 +43,7 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
         batch_size: a.batch_size,
         precision: a.precision,
         res: a.res,
+        verbose: super::verbose(),
     };
     let r = evaluate(&opts, adapter)?;
     for (image, why) in &r.failed {

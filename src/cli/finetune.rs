@@ -134,6 +134,7 @@ impl FinetuneArgs {
             val_fraction: self.val_fraction,
             overwrite_model: self.overwrite_model,
             overwrite_output: self.overwrite_output,
+            verbose: super::verbose(),
         }
     }
 }

@@ -11,6 +11,14 @@ pub mod predict;
 
 use crate::gpu::AdapterChoice;
 use clap::{CommandFactory, Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Whether `-v` was given.
+fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
+}
 
 /// The `vitgpu` command line.
 #[derive(Parser)]
@@ -23,6 +31,9 @@ pub struct Cli {
     /// GPU adapter to use: index or part of the name from `vitgpu info`.
     #[arg(long, global = true, env = "VITGPU_ADAPTER", value_parser = args::adapter)]
     pub adapter: Option<AdapterChoice>,
+    /// Say more: list every file a directory walk skipped, and why.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -51,6 +62,7 @@ pub fn main() -> i32 {
             .error(clap::error::ErrorKind::InvalidValue, msg)
             .exit();
     }
+    VERBOSE.store(cli.verbose, Ordering::Relaxed);
     let adapter = cli.adapter.clone().unwrap_or_default();
     let result = match &cli.command {
         Command::Predict(a) => predict::run(a, &adapter),

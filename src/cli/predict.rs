@@ -44,11 +44,14 @@ pub struct PredictArgs {
 
 /// Classifies the images; exit code 1 when one could not be read or gave inf/NaN logits.
 pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
-    let paths = data::collect_images(&a.inputs)?;
+    let walk = data::walk_images(&a.inputs)?;
+    data::report_skipped(&walk.skipped, super::verbose());
+    let paths = walk.images;
     if paths.is_empty() {
         bail!(
-            "no images found in {:?} (looked for .jpg .jpeg .png .webp .bmp .tif .tiff)",
-            a.inputs
+            "no images found in {:?} (looked for .{})",
+            a.inputs,
+            data::IMAGE_EXTENSIONS.join(" .")
         );
     }
     let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
@@ -81,11 +84,13 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
         })
         .collect();
     print(a, &vit.config().id2label, &preds)?;
-    if !out.failed.is_empty() {
+    if !out.failed.is_empty() || !walk.skipped.is_empty() {
         eprintln!(
-            "{} of {} images could not be read",
+            "classified {} of {} files: {} unreadable, {} skipped",
+            out.indices.len(),
+            paths.len() + walk.skipped.len(),
             out.failed.len(),
-            paths.len()
+            walk.skipped.len()
         );
     }
     Ok(if out.failed.is_empty() && bad.is_empty() {

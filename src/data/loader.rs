@@ -117,6 +117,14 @@ impl Unreadable {
         &self.list
     }
 
+    /// The reason first recorded for `image`, if it was unreadable.
+    pub fn reason(&self, image: &str) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|(i, _)| i == image)
+            .map(|(_, why)| why.as_str())
+    }
+
     /// A one-line summary naming the first few: "3 unreadable images were skipped: a: why; ...".
     pub fn summary(&self) -> String {
         format!(

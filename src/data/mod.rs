@@ -13,4 +13,6 @@ pub use dataset::{Dataset, Sample, Source};
 pub use decode::*;
 pub use loader::{Batch, Loader, Unreadable};
 pub use preprocess::*;
-pub use walk::{collect_images, is_image_path, walk_images, SkippedFile, Walk, IMAGE_EXTENSIONS};
+pub use walk::{
+    collect_images, is_image_path, report_skipped, walk_images, SkippedFile, Walk, IMAGE_EXTENSIONS,
+};

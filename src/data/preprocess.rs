@@ -9,7 +9,6 @@
 use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// PIL resampling codes (`PIL.Image.Resampling`).
 pub const RESAMPLE_NEAREST: u32 = 0;

@@ -176,6 +176,29 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(walk_images(inputs)?.images)
 }
 
+/// Tells on stderr what a walk left out: every entry and its reason when `verbose`, else a
+/// one-line count pointing at `-v`.
+pub fn report_skipped(skipped: &[SkippedFile], verbose: bool) {
+    if skipped.is_empty() {
+        return;
+    }
+    if verbose {
+        for s in skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+    } else {
+        eprintln!(
+            "note: {} entr{} skipped (not images, or links that cannot be followed); -v lists them",
+            skipped.len(),
+            if skipped.len() == 1 {
+                "y was"
+            } else {
+                "ies were"
+            }
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

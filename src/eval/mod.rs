@@ -3,7 +3,7 @@
 
 pub mod metrics;
 
-use crate::data::{Dataset, Sample};
+use crate::data::{Dataset, Sample, Unreadable};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, Precision};
 use anyhow::{bail, Context, Result};
@@ -25,6 +25,8 @@ pub struct EvalOptions {
     pub precision: Precision,
     /// Run at N×N pixels (position embeddings interpolated).
     pub res: Option<usize>,
+    /// List every file the data walk skipped (else a count).
+    pub verbose: bool,
 }
 
 /// Which images of the data folder were scored.
@@ -62,12 +64,9 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
     let samples = relabel(samples, &ds.classes, &labels)?;
     let out = predict_samples(&gpu, &vit, &pre, &samples, opts.batch_size)?;
     if out.indices.is_empty() {
-        let (image, why) = out.failed.first().cloned().unwrap_or_default();
-        bail!(
-            "none of the {} images in {} could be read (e.g. {image}: {why}): nothing to evaluate",
-            samples.len(),
-            opts.data.display()
-        );
+        let mut unreadable = Unreadable::default();
+        unreadable.add(&out.failed);
+        unreadable.check_not_all(samples.len(), &opts.data.display().to_string())?;
     }
     let non_finite = out
         .non_finite(labels.len())
@@ -96,6 +95,7 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
 /// folder whole.
 fn eval_samples(opts: &EvalOptions) -> Result<(Dataset, Vec<Sample>, Scope)> {
     let ds = Dataset::image_folder(&opts.data, 0.0, 0)?;
+    crate::data::report_skipped(&ds.skipped, opts.verbose);
     if !opts.data.join("train").is_dir() {
         let all = ds.train.clone();
         return Ok((ds, all, Scope::WholeFolder));

@@ -114,6 +114,8 @@ pub struct TrainOptions {
     pub overwrite_model: bool,
     /// Allow a non-empty `output` that is not a vitgpu run.
     pub overwrite_output: bool,
+    /// List every file the data walk skipped (else a count).
+    pub verbose: bool,
 }
 
 impl Default for TrainOptions {
@@ -145,6 +147,7 @@ impl Default for TrainOptions {
             val_fraction: 0.1,
             overwrite_model: false,
             overwrite_output: false,
+            verbose: false,
         }
     }
 }

@@ -69,6 +69,7 @@ fn load_dataset(o: &TrainOptions) -> Result<Dataset> {
         None if o.is_demo() => Dataset::mnist_embedded()?,
         None => bail!("--data DIR is required with --model/--config (or give neither to run the embedded MNIST demo)"),
     };
+    crate::data::report_skipped(&dataset.skipped, o.verbose);
     if dataset.train.is_empty() {
         bail!("the training split has no images");
     }
@@ -168,7 +169,8 @@ fn check_fits(config: &Config, res: usize, mode: Mode) -> Result<()> {
 /// Keeps the head when it already predicts exactly the dataset's classes (rows reordered to
 /// the classes' order); otherwise starts a new one, as transformers does.
 fn fit_head(start: &mut Start, classes: &[String], rng: &mut Rng) -> Result<()> {
-    let [w, b] = ParamTable::head(&start.config).map(|p| start.host.remove(&p.name).map(|t| t.data));
+    let [w, b] =
+        ParamTable::head(&start.config).map(|p| start.host.remove(&p.name).map(|t| t.data));
     let old = std::mem::replace(&mut start.config.id2label, classes.to_vec());
     let same = old.len() == classes.len() && classes.iter().all(|c| old.contains(c));
     let kept = match (w, b) {

@@ -8,7 +8,7 @@ use super::plan::Plan;
 use super::setup::Setup;
 use super::{Diverged, Report};
 use crate::checkpoint;
-use crate::data::{Batch, Loader, Rng, Sample};
+use crate::data::{Batch, Loader, Rng, Sample, Unreadable};
 use crate::eval::metrics::loss_and_accuracy;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
@@ -18,7 +18,6 @@ use crate::model::Vit;
 use crate::tape::{Graph, Node};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,7 +76,7 @@ struct Progress {
     bad_steps: usize,
     images_seen: usize,
     /// Unreadable images (by name, each once) and why.
-    skipped: BTreeMap<String, String>,
+    skipped: Unreadable,
     accuracy: Option<f64>,
     /// The step of the last checkpoint written.
     saved_step: Option<usize>,
@@ -182,7 +181,7 @@ impl<'a> Trainer<'a> {
                 step: 0,
                 bad_steps: 0,
                 images_seen: 0,
-                skipped: BTreeMap::new(),
+                skipped: Unreadable::default(),
                 accuracy: None,
                 saved_step: None,
                 started: Instant::now(),
@@ -199,11 +198,8 @@ impl<'a> Trainer<'a> {
             self.epochs()
         });
         self.p.bar.finish_and_clear();
-        if let Some((image, why)) = self.p.skipped.iter().next() {
-            eprintln!(
-                "warning: {} unreadable images were skipped, e.g. {image}: {why}",
-                self.p.skipped.len()
-            );
+        if !self.p.skipped.is_empty() {
+            eprintln!("warning: {}", self.p.skipped.summary());
         }
         result?;
         let interrupted = self.stopped();
@@ -426,7 +422,12 @@ impl<'a> Trainer<'a> {
     fn unreadable_step(&self, failed: &Failed) -> String {
         let (image, why) = failed.first().cloned().unwrap_or_default();
         // Cached features carry no reason: the one noted when they were computed is better.
-        let why = self.p.skipped.get(&image).cloned().unwrap_or(why);
+        let why = self
+            .p
+            .skipped
+            .reason(&image)
+            .map(str::to_string)
+            .unwrap_or(why);
         let data = match &self.opts.data {
             Some(d) => d.display().to_string(),
             None => "the data".to_string(),
@@ -440,9 +441,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn note_skipped(&mut self, failed: &Failed) {
-        for (image, why) in failed {
-            self.p.skipped.entry(image.clone()).or_insert(why.clone());
-        }
+        self.p.skipped.add(failed);
     }
 
     fn write_log(&mut self, line: serde_json::Value) -> Result<()> {

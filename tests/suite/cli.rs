@@ -249,7 +249,7 @@ fn unreadable_training_images_are_skipped_counted_and_warned() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("1 unreadable images were skipped") && err.contains("zz_corrupt.jpg"),
+        err.contains("1 unreadable image was skipped") && err.contains("zz_corrupt.jpg"),
         "{err}"
     );
     assert!(out.join("model.safetensors").exists());
@@ -699,4 +699,26 @@ fn a_one_class_dataset_trains_with_a_warning() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("one class ('cat')"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn skipped_files_are_counted_and_listed_with_v() {
+    let model = s(&fixture_path("models/vit_tiny_cls"));
+    let dir = scratch("skipped");
+    std::fs::copy(fixture_path("images/cat.png"), dir.join("cat.png")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    std::os::unix::fs::symlink(dir.join("missing.png"), dir.join("dangling.png")).unwrap();
+    let d = s(&dir);
+    let o = vitgpu(&["predict", "--model", &model, &d]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("2 entries were skipped"), "{err}");
+    assert!(err.contains("-v lists them"), "{err}");
+    assert!(err.contains("classified 1 of 3 files"), "{err}");
+    assert!(!err.contains("notes.txt"), "{err}");
+    let o = vitgpu(&["predict", "-v", "--model", &model, &d]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("notes.txt"), "{err}");
+    assert!(err.contains("dangling.png"), "{err}");
 }
