@@ -31,7 +31,8 @@ pub struct Cli {
     /// GPU adapter to use: index or part of the name from `vitgpu info`.
     #[arg(long, global = true, env = "VITGPU_ADAPTER", value_parser = args::adapter)]
     pub adapter: Option<AdapterChoice>,
-    /// Say more: list every file a directory walk skipped, and why.
+    /// Say more: list every file a directory walk skipped, and why; show wgpu's and the
+    /// driver's warnings (as RUST_LOG=warn does, unless RUST_LOG is set).
     #[arg(short, long, global = true)]
     pub verbose: bool,
     /// The command.
@@ -63,6 +64,10 @@ pub fn main() -> i32 {
             .exit();
     }
     VERBOSE.store(cli.verbose, Ordering::Relaxed);
+    if cli.verbose && std::env::var_os("RUST_LOG").is_none() {
+        // Read when the GPU instance is created; nothing else runs yet.
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let adapter = cli.adapter.clone().unwrap_or_default();
     let result = match &cli.command {
         Command::Predict(a) => predict::run(a, &adapter),
