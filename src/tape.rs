@@ -12,19 +12,24 @@ use crate::kernels::{self, Act};
 use anyhow::Result;
 use std::collections::HashMap;
 
+/// Index of an activation on the tape.
 pub type Var = usize;
 
 /// An activation and, when it is on the tape, its id.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The activation.
     pub t: GpuTensor,
+    /// Its id on the tape; None when nothing upstream needs a gradient.
     pub var: Option<Var>,
 }
 
 /// A parameter's tensor and, when trainable, its gradient buffer.
 #[derive(Clone, Copy)]
 pub struct P<'a> {
+    /// The weight.
     pub w: &'a GpuTensor,
+    /// Where its gradient accumulates; None when frozen.
     pub grad: Option<&'a GpuTensor>,
 }
 
@@ -88,6 +93,7 @@ pub struct Graph<'g> {
 }
 
 impl<'g> Graph<'g> {
+    /// A tape that records ops whose inputs or parameters need gradients; activations in `dtype`.
     pub fn new(gpu: &'g Gpu, dtype: DType) -> Self {
         Graph {
             gpu,
@@ -124,15 +130,6 @@ impl<'g> Graph<'g> {
     fn alloc(&self, shape: &[usize]) -> Result<GpuTensor> {
         self.gpu
             .alloc(shape, self.dtype_for(*shape.last().unwrap()))
-    }
-
-    /// Number of recorded ops (0 means nothing to differentiate).
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
     }
 
     /// `act(x · wᵀ + b)`; recorded as linear + GELU so the pre-activation is kept.
@@ -184,6 +181,7 @@ impl<'g> Graph<'g> {
         var
     }
 
+    /// The activation `act` on its own (training keeps the pre-activation for backward).
     pub fn gelu(&mut self, x: &Node, act: Act) -> Result<Node> {
         let out = self.alloc(&x.t.shape)?;
         kernels::gelu::gelu_forward(self.gpu, &out, &x.t, act);
@@ -199,6 +197,7 @@ impl<'g> Graph<'g> {
         Ok(Node { t: out, var })
     }
 
+    /// Layer norm over the last dimension with weight `w`, bias `b`.
     pub fn layernorm(&mut self, x: &Node, w: P, b: P, eps: f64) -> Result<Node> {
         let record = x.var.is_some() || w.grad.is_some() || b.grad.is_some();
         let out = self.alloc(&x.t.shape)?;
@@ -246,6 +245,7 @@ impl<'g> Graph<'g> {
         Ok(Node { t: out, var })
     }
 
+    /// `a + b`.
     pub fn residual(&mut self, a: &Node, b: &Node) -> Result<Node> {
         let out = self.alloc(&a.t.shape)?;
         kernels::residual::residual_forward(self.gpu, &out, &a.t, &b.t);
