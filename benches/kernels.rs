@@ -5,7 +5,7 @@
 
 use vitgpu::gpu::{AdapterChoice, DType, Gpu};
 use vitgpu::model::Config;
-use vitgpu::train::bench::{kernel_rows, model_rows};
+use vitgpu::train::bench::{kernel_rows, model_rows, roof};
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; a test run (`cargo test --benches`) should stay quick.
@@ -26,15 +26,26 @@ fn main() -> anyhow::Result<()> {
     let cfg = Config::preset(&name)?;
     let iters = if quick { 1 } else { 5 };
     println!("adapter: {}", gpu.describe());
+    let roof = roof(&gpu, iters)?;
+    println!(
+        "roof: {:.1} GFLOP/s f32 FMA, {:.1} GB/s copy",
+        roof.fma_gflops, roof.copy_gbs
+    );
     for dt in [DType::F32, DType::F16] {
         println!("\n{name}, 224 px, batch {batch}, {dt:?} storage");
         for r in kernel_rows(&gpu, &cfg, batch, 224, dt, iters)? {
-            r.print();
+            r.print(Some(&roof));
         }
         if !quick {
-            for r in model_rows(&gpu, &cfg, batch, 224, dt, iters)? {
-                r.print();
+            let m = model_rows(&gpu, &cfg, batch, 224, dt, iters)?;
+            for r in &m.rows {
+                r.print(Some(&roof));
             }
+            println!(
+                "dispatches per train step: {}, peak GPU memory {:.1} MiB",
+                m.dispatches_per_train_step,
+                m.peak_memory_bytes as f64 / 1048576.0
+            );
         }
     }
     Ok(())

@@ -103,6 +103,67 @@ fn layernorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// Software adapters: one invocation per row and no barriers. llvmpipe runs a workgroup's
+// invocations as SIMD lanes and every barrier as a coroutine switch of each of them, which
+// made the workgroup-per-row kernels above cost ~5 µs a row; here a row is one lane's loop.
+@compute @workgroup_size(WG)
+fn layernorm_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_id(gid, nwg, WG);
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) { s += ld_x(base + c); }
+    let mean = s / f32(p.cols);
+    var q = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let d = ld_x(base + c) - mean;
+        q += d * d;
+    }
+    let rstd = inverseSqrt(q / f32(p.cols) + p.eps);
+    for (var c = 0u; c < p.cols; c += 2u) {
+        let has1 = c + 1u < p.cols;
+        let y0 = (ld_x(base + c) - mean) * rstd * ld_w(c) + ld_b(c);
+        var y1 = 0.0;
+        if (has1) { y1 = (ld_x(base + c + 1u) - mean) * rstd * ld_w(c + 1u) + ld_b(c + 1u); }
+        st_y(base + c, y0, y1, has1);
+    }
+    MEAN[row] = mean;
+    RSTD[row] = rstd;
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_id(gid, nwg, WG);
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let mean = MEAN[row];
+    let rstd = RSTD[row];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let g = ld_dy(base + c) * ld_w(c);
+        s1 += g;
+        s2 += g * (ld_x(base + c) - mean) * rstd;
+    }
+    let mg = s1 / f32(p.cols);
+    let mgx = s2 / f32(p.cols);
+    for (var c = 0u; c < p.cols; c += 2u) {
+        let has1 = c + 1u < p.cols;
+        var v: array<f32, 2>;
+        for (var j = 0u; j < 2u; j++) {
+            let cc = c + j;
+            if (cc < p.cols) {
+                let xh = (ld_x(base + cc) - mean) * rstd;
+                v[j] = rstd * (ld_dy(base + cc) * ld_w(cc) - mg - xh * mgx);
+                if (ACCUM) { v[j] += ld_dx(base + cc); }
+            }
+        }
+        st_dx(base + c, v[0], v[1], has1);
+    }
+}
+
 // dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, in two passes so that the rows are summed in
 // parallel: `layernorm_backward_partial` sums chunks of ROW_CHUNK rows into PART (chunk, 2, cols)
 // with one thread per column pair, and `layernorm_backward_params` adds up the chunks.

@@ -15,7 +15,7 @@ pub struct FinetuneArgs {
     /// Pretrained model directory (Hugging Face or timm). Omit with --data omitted for the demo.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Train from random init instead of a checkpoint: vit-tiny, vit-small or vit-base.
+    /// Train from random init instead of a checkpoint: vit-tiny, vit-small, vit-base or vit-demo.
     #[arg(long, conflicts_with = "model")]
     pub config: Option<String>,
     /// Image folder: DATA/train/CLASS/* (+ validation/ or val/, test/), or DATA/CLASS/*.

@@ -85,6 +85,10 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Released activation buffers, reused by `alloc`.
     pool: Arc<tensor::Pool>,
+    /// Bytes of tensor buffers held, and the peak.
+    usage: Arc<tensor::Usage>,
+    /// Dispatches recorded since the device opened.
+    dispatches: std::sync::atomic::AtomicU64,
     /// Bound where a kernel's optional input is switched off by an override.
     dummy: GpuTensor,
 }
@@ -167,6 +171,8 @@ impl Gpu {
             }),
             errors,
             pool: Arc::default(),
+            usage: Arc::default(),
+            dispatches: Default::default(),
             dummy,
         })
     }
@@ -297,6 +303,8 @@ impl Gpu {
         if workgroups.contains(&0) {
             return;
         }
+        self.dispatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut rec = self.rec.lock().unwrap();
         if rec.launches == PARAM_SLOTS {
             self.submit_locked(&mut rec);
@@ -420,6 +428,7 @@ impl Gpu {
             self.with_encoder(|e| e.clear_buffer(&buffer, 0, None));
             return Ok(self.pooled(buffer, shape, dtype));
         }
+        self.usage.add(bytes);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -440,7 +449,11 @@ impl Gpu {
 
     fn pooled(&self, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         GpuTensor {
-            buffer: Arc::new(tensor::PooledBuffer::new(buffer, Some(self.pool.clone()))),
+            buffer: Arc::new(tensor::PooledBuffer::new(
+                buffer,
+                Some(self.pool.clone()),
+                None,
+            )),
             offset: 0,
             shape: shape.to_vec(),
             dtype,
@@ -512,7 +525,38 @@ impl Gpu {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             });
-        Ok(GpuTensor::new(buffer, shape, dtype))
+        Ok(self.counted(buffer, shape, dtype))
+    }
+
+    /// A tensor owning `buffer`, counted in [`Gpu::memory`] until it is freed.
+    fn counted(&self, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
+        self.usage.add(buffer.size());
+        GpuTensor {
+            buffer: Arc::new(tensor::PooledBuffer::new(
+                buffer,
+                None,
+                Some(self.usage.clone()),
+            )),
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+
+    /// (current, peak) bytes of tensor buffers held on the device: weights, activations,
+    /// gradients, optimizer state and the reuse pool (which keeps released buffers).
+    pub fn memory(&self) -> (u64, u64) {
+        self.usage.get()
+    }
+
+    /// Starts a new peak for [`Gpu::memory`] from what is held now.
+    pub fn reset_peak_memory(&self) {
+        self.usage.reset_peak();
+    }
+
+    /// Kernel dispatches recorded since the device opened.
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Overwrites a tensor's contents from the host (applied before the next submit's work).
@@ -538,7 +582,7 @@ impl Gpu {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             });
-        GpuTensor::new(buffer, &[data.len()], DType::U32)
+        self.counted(buffer, &[data.len()], DType::U32)
     }
 
     /// Reads a tensor back as f32 (flushes and waits).

@@ -2,24 +2,62 @@
 
 use half::f16;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Released buffers by byte size, for reuse: a training step allocates the same shapes every
 /// time, so after the first step activations come from here instead of the driver.
 pub(crate) type Pool = Mutex<HashMap<u64, Vec<wgpu::Buffer>>>;
 
+/// Bytes of tensor buffers held on the device (live tensors plus the reuse pool, which keeps
+/// what it holds until the device closes), and the most held at once.
+#[derive(Default)]
+pub(crate) struct Usage {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Usage {
+    pub(crate) fn add(&self, bytes: u64) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn sub(&self, bytes: u64) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+    /// (current, peak) bytes.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.current.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        )
+    }
+    /// Starts a new peak from what is held now.
+    pub(crate) fn reset_peak(&self) {
+        self.peak
+            .store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 /// A buffer that goes back to its pool (if it has one) when the last tensor using it drops.
 /// Reuse is safe while earlier commands still read it: the queue runs in recording order.
 pub struct PooledBuffer {
     buf: Option<wgpu::Buffer>,
     pool: Option<Arc<Pool>>,
+    usage: Option<Arc<Usage>>,
 }
 
 impl PooledBuffer {
-    pub(crate) fn new(buf: wgpu::Buffer, pool: Option<Arc<Pool>>) -> PooledBuffer {
+    /// `usage`, when given, counts the buffer from now until it is freed (not pooled).
+    pub(crate) fn new(
+        buf: wgpu::Buffer,
+        pool: Option<Arc<Pool>>,
+        usage: Option<Arc<Usage>>,
+    ) -> PooledBuffer {
         PooledBuffer {
             buf: Some(buf),
             pool,
+            usage,
         }
     }
 }
@@ -33,9 +71,17 @@ impl std::ops::Deref for PooledBuffer {
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        if let (Some(b), Some(pool)) = (self.buf.take(), &self.pool) {
-            if let Ok(mut p) = pool.lock() {
-                p.entry(b.size()).or_default().push(b);
+        let Some(b) = self.buf.take() else { return };
+        match &self.pool {
+            Some(pool) => {
+                if let Ok(mut p) = pool.lock() {
+                    p.entry(b.size()).or_default().push(b);
+                }
+            }
+            None => {
+                if let Some(u) = &self.usage {
+                    u.sub(b.size());
+                }
             }
         }
     }
@@ -81,7 +127,7 @@ impl GpuTensor {
     /// A tensor owning all of `buffer` (not pooled).
     pub fn new(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         GpuTensor {
-            buffer: Arc::new(PooledBuffer::new(buffer, None)),
+            buffer: Arc::new(PooledBuffer::new(buffer, None, None)),
             offset: 0,
             shape: shape.to_vec(),
             dtype,

@@ -16,6 +16,44 @@ struct LayerNormParams {
 }
 
 const WG: u32 = 128;
+/// Rows per workgroup of the row-per-invocation variant (software adapters).
+const ROWS_WG: u32 = 64;
+
+thread_local! {
+    static FORCE_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every layer norm on this thread using the row-per-invocation variant
+/// (`true`) or the workgroup-per-row one (`false`), whatever the adapter (tests exercise both
+/// on any adapter this way).
+pub fn with_row_variant<R>(rows: bool, f: impl FnOnce() -> R) -> R {
+    let prev = FORCE_ROWS.with(|c| c.replace(Some(rows)));
+    let r = f();
+    FORCE_ROWS.with(|c| c.set(prev));
+    r
+}
+
+/// The variant for this launch: one invocation per row on software adapters (no barriers),
+/// a workgroup per row on GPUs.
+fn row_variant(gpu: &Gpu) -> bool {
+    FORCE_ROWS
+        .with(|c| c.get())
+        .unwrap_or_else(|| gpu.is_software())
+}
+
+/// Entry point, workgroup size and grid of a per-row launch.
+fn per_row(
+    gpu: &Gpu,
+    blocked: &'static str,
+    rows_entry: &'static str,
+    rows: usize,
+) -> (&'static str, u32, [u32; 3]) {
+    if row_variant(gpu) {
+        (rows_entry, ROWS_WG, grid((rows as u32).div_ceil(ROWS_WG)))
+    } else {
+        (blocked, WG, grid(rows as u32))
+    }
+}
 
 /// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
 #[allow(clippy::too_many_arguments)]
@@ -41,19 +79,20 @@ pub fn layernorm_forward(
         eps,
         _pad: 0,
     };
+    let (entry, wg, groups) = per_row(gpu, "layernorm_forward", "layernorm_forward_rows", rows);
     let ov = [
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
         ("Y_F16", out.dtype.is_f16()),
-        ("WG", WG as f64),
+        ("WG", wg as f64),
     ];
     gpu.launch(
         &shader!("layernorm"),
-        "layernorm_forward",
+        entry,
         &ov,
         &p,
         &[(1, inp), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
-        grid(rows as u32),
+        groups,
     );
 }
 
@@ -78,21 +117,22 @@ pub fn layernorm_backward(
         eps: 0.0,
         _pad: 0,
     };
+    let (entry, wg, groups) = per_row(gpu, "layernorm_backward", "layernorm_backward_rows", rows);
     let ov = [
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
         ("DX_F16", dinp.dtype.is_f16()),
         ("ACCUM", flag(accum)),
-        ("WG", WG as f64),
+        ("WG", wg as f64),
     ];
     gpu.launch(
         &shader!("layernorm"),
-        "layernorm_backward",
+        entry,
         &ov,
         &p,
         &[(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)],
-        grid(rows as u32),
+        groups,
     );
     if let (Some(dw), Some(db)) = (dw, db) {
         layernorm_backward_params(gpu, dw, db, dout, inp, mean, rstd, accum);

@@ -310,19 +310,32 @@ impl Config {
         side * side
     }
 
-    /// Named standard sizes: "vit-tiny", "vit-small", "vit-base" (all /16 at 224, no labels).
+    /// Named sizes: "vit-tiny", "vit-small", "vit-base" (12 layers, /16 at 224) and "vit-demo"
+    /// (the README demo: 4 layers, hidden 64, /7 at 28); no labels.
     pub fn preset(name: &str) -> Result<Self> {
-        let (hidden, heads, inter) = match name {
-            "vit-tiny" => (192, 3, 768),
-            "vit-small" => (384, 6, 1536),
-            "vit-base" => (768, 12, 3072),
+        let (hidden, layers, heads, inter) = match name {
+            "vit-tiny" => (192, 12, 3, 768),
+            "vit-small" => (384, 12, 6, 1536),
+            "vit-base" => (768, 12, 12, 3072),
+            // The README demo's model: 28×28 digits in 7×7 patches.
+            "vit-demo" => {
+                return Ok(Config {
+                    hidden_size: 64,
+                    num_hidden_layers: 4,
+                    num_attention_heads: 4,
+                    intermediate_size: 128,
+                    image_size: 28,
+                    patch_size: 7,
+                    ..Config::default()
+                })
+            }
             other => bail!(
-                "unknown model preset \"{other}\": choose one of vit-tiny, vit-small, vit-base"
+                "unknown model preset \"{other}\": choose one of vit-tiny, vit-small, vit-base, vit-demo"
             ),
         };
         Ok(Config {
             hidden_size: hidden,
-            num_hidden_layers: 12,
+            num_hidden_layers: layers,
             num_attention_heads: heads,
             intermediate_size: inter,
             ..Config::default()

@@ -37,6 +37,7 @@ pub fn time_ms(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Re
 }
 
 /// One timed measurement.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
     /// What was timed.
     pub name: String,
@@ -44,18 +45,87 @@ pub struct Row {
     pub ms: f64,
     /// Work done, in GFLOP (0 where not counted).
     pub gflop: f64,
+    /// Memory traffic, in GB, for kernels bound by it (0 where not counted).
+    pub gbytes: f64,
 }
 
 impl Row {
-    /// Prints the row: name, time and GFLOP/s.
-    pub fn print(&self) {
-        let rate = if self.gflop > 0.0 {
-            format!("{:>9.1} GFLOP/s", self.gflop / (self.ms / 1e3))
-        } else {
-            String::new()
-        };
-        println!("{:<44} {:>10.3} ms {rate}", self.name, self.ms);
+    fn flops(name: String, ms: f64, gflop: f64) -> Row {
+        Row {
+            name,
+            ms,
+            gflop,
+            gbytes: 0.0,
+        }
     }
+
+    /// GFLOP/s, if FLOPs are counted.
+    pub fn gflops(&self) -> Option<f64> {
+        (self.gflop > 0.0).then(|| self.gflop / (self.ms / 1e3))
+    }
+
+    /// GB/s, if memory traffic is counted.
+    pub fn gbs(&self) -> Option<f64> {
+        (self.gbytes > 0.0).then(|| self.gbytes / (self.ms / 1e3))
+    }
+
+    /// The share of the roof reached: GFLOP/s over the FMA roof, or GB/s over the copy roof.
+    pub fn fraction_of(&self, roof: &Roof) -> Option<f64> {
+        self.gflops()
+            .map(|r| r / roof.fma_gflops)
+            .or_else(|| self.gbs().map(|r| r / roof.copy_gbs))
+    }
+
+    /// Prints the row: name, time, rate and (with a roof) the share of it.
+    pub fn print(&self, roof: Option<&Roof>) {
+        let rate = match (self.gflops(), self.gbs()) {
+            (Some(r), _) => format!("{r:>9.1} GFLOP/s"),
+            (None, Some(r)) => format!("{r:>9.1} GB/s   "),
+            _ => " ".repeat(16),
+        };
+        let share = match roof.and_then(|r| self.fraction_of(r)) {
+            Some(f) => format!(" {:>5.1}% of roof", f * 100.0),
+            None => String::new(),
+        };
+        println!("{:<44} {:>10.3} ms {rate}{share}", self.name, self.ms);
+    }
+}
+
+/// The adapter's measured limits, taken in the same run as the rows they bound.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Roof {
+    /// f32 FMA throughput of independent vec4 chains (the `roof_fma` kernel).
+    pub fma_gflops: f64,
+    /// Copy bandwidth, bytes read plus written (the `roof_copy` kernel).
+    pub copy_gbs: f64,
+}
+
+/// Measures the FMA and copy roofs (each a fraction of a second on lavapipe).
+pub fn roof(gpu: &Gpu, iters: usize) -> Result<Roof> {
+    // Enough invocations to fill any GPU, few enough iterations to stay quick on a CPU.
+    let (n, fma_iters) = if gpu.is_software() {
+        (16 * 1024, 256)
+    } else {
+        (1 << 20, 4096)
+    };
+    let out = gpu.alloc(&[4 * n], DType::F32)?;
+    let ms = time_ms(gpu, iters, || {
+        kernels::roof::roof_fma(gpu, &out, fma_iters);
+        Ok(())
+    })?;
+    let fma_gflops = kernels::roof::roof_fma_flops(n, fma_iters) / 1e9 / (ms / 1e3);
+    let len = if gpu.is_software() { 1 << 22 } else { 1 << 26 };
+    let src = gpu.alloc(&[len], DType::F32)?;
+    let dst = gpu.alloc(&[len], DType::F32)?;
+    let ms = time_ms(gpu, iters, || {
+        kernels::roof::roof_copy(gpu, &dst, &src);
+        Ok(())
+    })?;
+    let copy_gbs = 2.0 * (len * 4) as f64 / 1e9 / (ms / 1e3);
+    Ok(Roof {
+        fma_gflops,
+        copy_gbs,
+    })
 }
 
 fn rand(gpu: &Gpu, shape: &[usize], dt: DType, seed: u64) -> Result<GpuTensor> {
@@ -95,11 +165,11 @@ pub fn kernel_rows(
         kernels::matmul::linear_forward(gpu, &qkv2, &x, &w_qkv, Some(&b_qkv), Act::None);
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!("matmul qkv fwd ({m}x{}x{c})", 3 * c),
+    rows.push(Row::flops(
+        format!("matmul qkv fwd ({m}x{}x{c})", 3 * c),
         ms,
-        gflop: flops,
-    });
+        flops,
+    ));
     let w1 = rand(gpu, &[i, c], dt, 4)?;
     let b1 = rand(gpu, &[i], dt, 5)?;
     let h = gpu.alloc(&[m, i], dt)?;
@@ -107,11 +177,11 @@ pub fn kernel_rows(
         kernels::matmul::linear_forward(gpu, &h, &x, &w1, Some(&b1), Act::Gelu);
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!("matmul fc1+gelu fwd ({m}x{i}x{c})"),
+    rows.push(Row::flops(
+        format!("matmul fc1+gelu fwd ({m}x{i}x{c})"),
         ms,
-        gflop: 2.0 * (m * i * c) as f64 / 1e9,
-    });
+        2.0 * (m * i * c) as f64 / 1e9,
+    ));
     let w2 = rand(gpu, &[c, i], dt, 10)?;
     let b2 = rand(gpu, &[c], dt, 11)?;
     let y2 = gpu.alloc(&[m, c], dt)?;
@@ -119,31 +189,31 @@ pub fn kernel_rows(
         kernels::matmul::linear_forward(gpu, &y2, &h, &w2, Some(&b2), Act::None);
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!("matmul fc2 fwd ({m}x{c}x{i})"),
+    rows.push(Row::flops(
+        format!("matmul fc2 fwd ({m}x{c}x{i})"),
         ms,
-        gflop: 2.0 * (m * i * c) as f64 / 1e9,
-    });
+        2.0 * (m * i * c) as f64 / 1e9,
+    ));
     let dw = gpu.alloc(&[i, c], DType::F32)?;
     let ms = time_ms(gpu, iters, || {
         kernels::matmul::linear_backward_weight(gpu, &dw, &h, &x, false);
         Ok(())
     })?;
-    rows.push(Row {
-        name: "matmul fc1 dW (dYᵀ·X)".into(),
+    rows.push(Row::flops(
+        "matmul fc1 dW (dYᵀ·X)".into(),
         ms,
-        gflop: 2.0 * (m * i * c) as f64 / 1e9,
-    });
+        2.0 * (m * i * c) as f64 / 1e9,
+    ));
     let dx = gpu.alloc(&[m, c], dt)?;
     let ms = time_ms(gpu, iters, || {
         kernels::matmul::linear_backward_input(gpu, &dx, &h, &w1, false);
         Ok(())
     })?;
-    rows.push(Row {
-        name: "matmul fc1 dX (dY·W)".into(),
+    rows.push(Row::flops(
+        "matmul fc1 dX (dY·W)".into(),
         ms,
-        gflop: 2.0 * (m * i * c) as f64 / 1e9,
-    });
+        2.0 * (m * i * c) as f64 / 1e9,
+    ));
     let lw = rand(gpu, &[c], dt, 6)?;
     let lb = rand(gpu, &[c], dt, 7)?;
     let y = gpu.alloc(&[m, c], dt)?;
@@ -153,10 +223,23 @@ pub fn kernel_rows(
         kernels::layernorm::layernorm_forward(gpu, &y, &mean, &rstd, &x, &lw, &lb, 1e-12);
         Ok(())
     })?;
+    let el = if dt == DType::F16 { 2.0 } else { 4.0 };
     rows.push(Row {
         name: format!("layernorm fwd ({m}x{c})"),
         ms,
         gflop: 0.0,
+        gbytes: (2.0 * (m * c) as f64 * el + 8.0 * m as f64) / 1e9,
+    });
+    let h2 = gpu.alloc(&[m, i], dt)?;
+    let ms = time_ms(gpu, iters, || {
+        kernels::gelu::gelu_forward(gpu, &h2, &h, Act::Gelu);
+        Ok(())
+    })?;
+    rows.push(Row {
+        name: format!("gelu fwd ({m}x{i})"),
+        ms,
+        gflop: 0.0,
+        gbytes: 2.0 * (m * i) as f64 * el / 1e9,
     });
     let qkv_in = rand(gpu, &[batch, t, 3 * c], dt, 8)?;
     let heads = cfg.num_attention_heads;
@@ -167,22 +250,18 @@ pub fn kernel_rows(
         kernels::attention::attention_forward(gpu, &o, &lse, &qkv_in, heads);
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!("attention fwd (B{batch} H{heads} T{t} D{})", c / heads),
+    rows.push(Row::flops(
+        format!("attention fwd (B{batch} H{heads} T{t} D{})", c / heads),
         ms,
-        gflop: attn_flops,
-    });
+        attn_flops,
+    ));
     let dqkv = gpu.alloc(&[batch, t, 3 * c], dt)?;
     let delta = gpu.alloc(&[batch, heads, t], DType::F32)?;
     let ms = time_ms(gpu, iters, || {
         kernels::attention::attention_backward(gpu, &dqkv, &delta, &o, &qkv_in, &o, &lse, heads);
         Ok(())
     })?;
-    rows.push(Row {
-        name: "attention bwd".into(),
-        ms,
-        gflop: 2.5 * attn_flops,
-    });
+    rows.push(Row::flops("attention bwd".into(), ms, 2.5 * attn_flops));
     Ok(rows)
 }
 
@@ -195,7 +274,24 @@ pub fn forward_gflop(cfg: &Config, res: usize) -> f64 {
     (per_layer * cfg.num_hidden_layers as f64 + patch) / 1e9
 }
 
-/// Whole-model forward, and forward+backward, at random init.
+/// Whole-model figures: forward, forward+backward and a full train step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelBench {
+    /// Forward, forward+backward and train-step rows.
+    pub rows: Vec<Row>,
+    /// Forward images per second.
+    pub forward_img_s: f64,
+    /// Train-step (forward + backward + AdamW) images per second.
+    pub train_step_img_s: f64,
+    /// Kernel dispatches in one train step.
+    pub dispatches_per_train_step: u64,
+    /// Most bytes of GPU buffers held at once during the train steps (weights, activations,
+    /// gradients, AdamW state and the buffer pool).
+    pub peak_memory_bytes: u64,
+}
+
+/// Whole-model forward, forward+backward, and a train step as the Trainer runs it (forward,
+/// loss, backward, gradient-norm and loss readback, AdamW), at random init with 1000 labels.
 pub fn model_rows(
     gpu: &Gpu,
     cfg: &Config,
@@ -203,11 +299,12 @@ pub fn model_rows(
     res: usize,
     dt: DType,
     iters: usize,
-) -> Result<Vec<Row>> {
+) -> Result<ModelBench> {
     let mut cfg = cfg.clone();
     cfg.id2label = (0..1000).map(|i| format!("c{i}")).collect();
     let mut rng = crate::data::Rng::new(0);
     cfg.image_size = res;
+    gpu.reset_peak_memory();
     let host = ParamTable::new(&cfg, true).init(&cfg, &mut rng);
     let mut vit = Vit::new(gpu, cfg.clone(), &host, true, dt, None)?;
     let pixels = rand(gpu, &[batch, 3, res, res], DType::F32, 9)?;
@@ -218,28 +315,75 @@ pub fn model_rows(
         vit.forward(&mut g, &pixels)?;
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!(
-            "forward (batch {batch}, {res}px) = {:.1} img/s",
-            batch as f64 / (ms / 1e3)
-        ),
+    let forward_img_s = batch as f64 / (ms / 1e3);
+    rows.push(Row::flops(
+        format!("forward (batch {batch}, {res}px) = {forward_img_s:.1} img/s"),
         ms,
         gflop,
-    });
-    vit.alloc_grads(gpu)?;
+    ));
+    let all: Vec<usize> = (0..vit.param_table().len()).collect();
+    let values: Vec<Vec<f32>> = vit
+        .param_table()
+        .iter()
+        .map(|p| host[&p.name].data.clone())
+        .collect();
+    let flat = super::optim::FlatParams::new(gpu, &mut vit, &all, &values)?;
     let labels = gpu.upload_u32(&vec![1; batch]);
-    let ms = time_ms(gpu, iters, || {
-        let mut g = Graph::new(gpu, dt);
-        let logits = vit.forward(&mut g, &pixels)?;
+    let fwd_bwd = |g: &mut Graph| -> Result<GpuTensor> {
+        let logits = vit.forward(g, &pixels)?;
+        let losses = gpu.alloc(&[batch], DType::F32)?;
+        kernels::softmax::cross_entropy_forward(gpu, &losses, &logits.t, &labels);
         let d = gpu.alloc(&logits.t.shape, DType::F32)?;
         kernels::softmax::cross_entropy_backward(gpu, &d, &logits.t, &labels, 1.0 / batch as f32);
         g.backward(&logits, d)?;
+        Ok(losses)
+    };
+    let ms = time_ms(gpu, iters, || {
+        let mut g = Graph::new(gpu, dt);
+        fwd_bwd(&mut g)?;
         Ok(())
     })?;
-    rows.push(Row {
-        name: format!("forward+backward = {:.1} img/s", batch as f64 / (ms / 1e3)),
+    rows.push(Row::flops(
+        format!("forward+backward = {:.1} img/s", batch as f64 / (ms / 1e3)),
         ms,
-        gflop: 3.0 * gflop,
-    });
-    Ok(rows)
+        3.0 * gflop,
+    ));
+    let mut t = 0;
+    let mut dispatches = 0;
+    let ms = time_ms(gpu, iters, || {
+        let before = gpu.dispatches();
+        flat.zero_grads(gpu);
+        let mut g = Graph::new(gpu, dt);
+        let losses = fwd_bwd(&mut g)?;
+        let norm = flat.grad_sumsq(gpu)?.sqrt();
+        gpu.read(&losses)?;
+        t += 1;
+        flat.step(
+            gpu,
+            &crate::kernels::adamw::AdamWStep {
+                lr: 1e-4,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.05,
+                t,
+                grad_scale: (1.0 / (norm + 1e-6)).min(1.0) as f32,
+            },
+        );
+        dispatches = gpu.dispatches() - before;
+        Ok(())
+    })?;
+    let train_step_img_s = batch as f64 / (ms / 1e3);
+    rows.push(Row::flops(
+        format!("train step (fwd+bwd+AdamW) = {train_step_img_s:.1} img/s"),
+        ms,
+        3.0 * gflop,
+    ));
+    Ok(ModelBench {
+        rows,
+        forward_img_s,
+        train_step_img_s,
+        dispatches_per_train_step: dispatches,
+        peak_memory_bytes: gpu.memory().1,
+    })
 }

@@ -64,7 +64,7 @@ impl Range {
 pub struct TrainOptions {
     /// Pretrained model directory (Hugging Face or timm).
     pub model: Option<PathBuf>,
-    /// Preset for a random init instead of a checkpoint: vit-tiny, vit-small or vit-base.
+    /// Preset for a random init instead of a checkpoint: vit-tiny, vit-small, vit-base or vit-demo.
     pub config: Option<String>,
     /// ImageFolder; with no model, config and data: the embedded MNIST demo.
     pub data: Option<PathBuf>,

@@ -109,7 +109,7 @@ fn from_checkpoint(dir: &Path, res: Option<usize>) -> Result<Start> {
 fn from_scratch(o: &TrainOptions, rng: &mut Rng) -> Result<Start> {
     let mut config = match &o.config {
         Some(name) => Config::preset(name)?,
-        None => demo_config(),
+        None => Config::preset("vit-demo")?,
     };
     if let Some(r) = o.res {
         config.image_size = r;
@@ -128,18 +128,6 @@ fn from_scratch(o: &TrainOptions, rng: &mut Rng) -> Result<Start> {
         dtype: StoredDtype::F32,
         non_finite: None,
     })
-}
-
-/// The small ViT the demo trains on 28×28 digits.
-fn demo_config() -> Config {
-    let mut c = Config::preset("vit-tiny").expect("preset");
-    c.hidden_size = 64;
-    c.num_hidden_layers = 4;
-    c.num_attention_heads = 4;
-    c.intermediate_size = 128;
-    c.image_size = 28;
-    c.patch_size = 7;
-    c
 }
 
 /// Refuses what the model cannot train on: non-RGB input, a resolution off the patch grid,

@@ -722,3 +722,36 @@ fn skipped_files_are_counted_and_listed_with_v() {
     assert!(err.contains("notes.txt"), "{err}");
     assert!(err.contains("dangling.png"), "{err}");
 }
+
+#[test]
+fn bench_json_has_roofs_fractions_dispatches_and_peak_memory() {
+    let o = vitgpu(&[
+        "bench",
+        "--config",
+        "vit-demo",
+        "--batch-size",
+        "3",
+        "--iters",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert!(v["roof"]["fma_gflops"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["roof"]["copy_gbs"].as_f64().unwrap() > 0.0, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    let qkv = rows
+        .iter()
+        .find(|r| r["name"].as_str().unwrap().starts_with("matmul qkv"))
+        .unwrap();
+    let f = qkv["fraction_of_roof"].as_f64().unwrap();
+    assert!(f > 0.0 && f < 1.5, "{qkv}");
+    assert!(v["train_step_img_s"].as_f64().unwrap() > 0.0);
+    // 4 layers of at least ln, qkv, attention, proj, residual, ln, fc1, fc2, residual forward
+    // and more backward: well over 50 dispatches.
+    assert!(v["dispatches_per_train_step"].as_u64().unwrap() > 50, "{v}");
+    // Weights, AdamW state and activations of the demo model: a few MiB at least.
+    assert!(v["peak_memory_mib"].as_f64().unwrap() > 1.0, "{v}");
+}

@@ -9,6 +9,7 @@ use vitgpu::kernels::gelu::*;
 use vitgpu::kernels::layernorm::*;
 use vitgpu::kernels::matmul::*;
 use vitgpu::kernels::residual::*;
+use vitgpu::kernels::roof::*;
 use vitgpu::kernels::softmax::*;
 
 // f32 kernels vs torch f32: a few ulps per op; sums over ≤ 100 terms stay within 1e-5.
@@ -17,6 +18,22 @@ const RTOL: f32 = 1e-4;
 
 #[test]
 fn layernorm_matches_pytorch() {
+    layernorm_matches_pytorch_impl();
+}
+
+/// Both variants (row per invocation: software adapters; workgroup per row: GPUs) on this
+/// adapter, against the same fixture and the CPU reference.
+#[test]
+fn layernorm_variants_match_pytorch_and_cpu() {
+    for rows in [true, false] {
+        with_row_variant(rows, || {
+            layernorm_matches_pytorch_impl();
+            layernorm_odd_width_and_f16_storage_impl();
+        });
+    }
+}
+
+fn layernorm_matches_pytorch_impl() {
     let g = gpu();
     let f = load_fixture("kernels.safetensors");
     let (xs, x) = get(&f, "layernorm.x");
@@ -58,6 +75,10 @@ fn layernorm_matches_pytorch() {
 
 #[test]
 fn layernorm_odd_width_and_f16_storage() {
+    layernorm_odd_width_and_f16_storage_impl();
+}
+
+fn layernorm_odd_width_and_f16_storage_impl() {
     let g = gpu();
     for (cols, dt, atol) in [(37usize, DType::F32, 1e-5f32), (200, DType::F16, 2e-2)] {
         let rows = 5;
@@ -409,4 +430,24 @@ fn reused_buffers_come_back_zero_filled() {
         g.read(&again).unwrap().iter().all(|&v| v == 0.0),
         "a pooled buffer kept old data"
     );
+}
+
+/// The roof kernels do the work they are timed for: every FMA chain's result (the CPU
+/// reference runs the chains in f64; f32 rounding of 300 steps stays far below 1e-4
+/// relative) and an exact copy.
+#[test]
+fn roof_kernels_compute_what_they_count() {
+    let gpu = gpu();
+    let (n, iters) = (1000, 300);
+    let out = gpu.alloc(&[4 * n], DType::F32).unwrap();
+    roof_fma(gpu, &out, iters);
+    let got = gpu.read(&out).unwrap();
+    let want: Vec<f32> = (0..4 * n).map(|i| roof_fma_cpu(i / 4, iters)).collect();
+    assert_close("roof_fma", &got, &want, 1e-5, 1e-4);
+    assert_eq!(roof_fma_flops(n, iters), n as f64 * 300.0 * 64.0);
+    let src_v = rand_vec(4 * 777, 3, 1.0);
+    let src = gpu.upload(&src_v, &[4 * 777], DType::F32).unwrap();
+    let dst = gpu.alloc(&[4 * 777], DType::F32).unwrap();
+    roof_copy(gpu, &dst, &src);
+    assert_eq!(gpu.read(&dst).unwrap(), src_v);
 }
