@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
             r.print(Some(&roof));
         }
         if !quick {
-            let m = model_rows(&gpu, &cfg, batch, 224, dt, iters)?;
+            let m = model_rows(&gpu, &cfg, batch, 224, dt, iters, false)?;
             for r in &m.rows {
                 r.print(Some(&roof));
             }

@@ -33,7 +33,10 @@ pub struct P<'a> {
     pub grad: Option<&'a GpuTensor>,
 }
 
-enum Op {
+/// Recomputes a block's forward; see [`Graph::checkpoint`].
+type Block<'g> = Box<dyn for<'x> Fn(&mut Graph<'x>, &Node) -> Result<Node> + 'g>;
+
+enum Op<'g> {
     Linear {
         x: GpuTensor,
         xv: Option<Var>,
@@ -79,6 +82,13 @@ enum Op {
         dpos: Option<GpuTensor>,
         out: Var,
     },
+    /// Only the block's input is kept; backward runs the block again on a tape of its own.
+    Checkpoint {
+        x: GpuTensor,
+        xv: Option<Var>,
+        f: Block<'g>,
+        out: Var,
+    },
 }
 
 /// Runs ops on the GPU and records the ones that need a backward.
@@ -86,7 +96,7 @@ pub struct Graph<'g> {
     pub gpu: &'g Gpu,
     /// Storage dtype of activations (a tensor with an odd last dim stays f32).
     pub dtype: DType,
-    ops: Vec<Op>,
+    ops: Vec<Op<'g>>,
     vars: usize,
     /// False for evaluation: nothing is recorded even where parameters are trainable.
     grad_enabled: bool,
@@ -289,9 +299,53 @@ impl<'g> Graph<'g> {
         Ok(Node { t: out, var })
     }
 
+    /// Whether ops are recorded (false under [`Graph::no_grad`]).
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Gradient checkpointing (PyTorch's `torch.utils.checkpoint`): runs `f` on `x` without
+    /// recording, so its activations are freed as soon as it returns, and keeps only `x`;
+    /// backward runs `f` again on a tape of its own and backpropagates through that. The
+    /// kernels are deterministic, so the recomputed activations, and hence the gradients,
+    /// are the ones the plain tape gives. `f` must be a pure function of `x` and parameters.
+    pub fn checkpoint(
+        &mut self,
+        x: &Node,
+        f: impl for<'x> Fn(&mut Graph<'x>, &Node) -> Result<Node> + 'g,
+    ) -> Result<Node> {
+        if !self.grad_enabled {
+            return f(self, x);
+        }
+        // Run on a throw-away tape rather than without one: ops pick their kernels by whether
+        // they record (GELU is fused into the matmul only when nothing is kept), and the
+        // output must be bit for bit the one the backward's recomputation sees.
+        let out = Self::run_block(self.gpu, self.dtype, x, &f)?.1;
+        let var = self.var(true);
+        if let Some(v) = var {
+            self.ops.push(Op::Checkpoint {
+                x: x.t.clone(),
+                xv: x.var,
+                f: Box::new(f),
+                out: v,
+            });
+        }
+        Ok(Node { t: out.t, var })
+    }
+
     /// Backpropagates `droot` (the gradient of `root`) through every recorded op, in reverse,
     /// accumulating into the parameters' gradient buffers. Clears the tape.
     pub fn backward(&mut self, root: &Node, droot: GpuTensor) -> Result<()> {
+        self.backward_to(root, droot, None).map(|_| ())
+    }
+
+    /// [`Graph::backward`], returning the gradient that reached `input` (if any).
+    fn backward_to(
+        &mut self,
+        root: &Node,
+        droot: GpuTensor,
+        input: Option<Var>,
+    ) -> Result<Option<GpuTensor>> {
         let gpu = self.gpu;
         let mut grads: HashMap<Var, GpuTensor> = HashMap::new();
         if let Some(v) = root.var {
@@ -434,17 +488,53 @@ impl<'g> Graph<'g> {
                     };
                     kernels::embed::embed_backward(gpu, &dp, dcls, dpos, &dy, true);
                     if let Some(pv) = pv {
-                        match grads.get(&pv) {
-                            Some(prev) => kernels::residual::accumulate(gpu, prev, &dp, true),
-                            None => {
-                                grads.insert(pv, dp);
-                            }
-                        }
+                        Self::add_grad(gpu, &mut grads, pv, dp);
+                    }
+                }
+                Op::Checkpoint { x, xv, f, out } => {
+                    let Some(dy) = grads.remove(&out) else {
+                        continue;
+                    };
+                    let x = Node { t: x, var: xv };
+                    let (mut sub, y, input) = Self::run_block(gpu, self.dtype, &x, &f)?;
+                    let dx = sub.backward_to(&y, dy, input)?;
+                    if let (Some(xv), Some(dx)) = (xv, dx) {
+                        Self::add_grad(gpu, &mut grads, xv, dx);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(input.and_then(|v| grads.remove(&v)))
+    }
+
+    /// Runs a checkpointed block on a tape of its own whose input is on the tape when `x` is:
+    /// (the tape, the output, the input's variable there).
+    fn run_block(
+        gpu: &'g Gpu,
+        dtype: DType,
+        x: &Node,
+        f: &dyn for<'x> Fn(&mut Graph<'x>, &Node) -> Result<Node>,
+    ) -> Result<(Graph<'g>, Node, Option<Var>)> {
+        let mut sub = Graph::new(gpu, dtype);
+        let input = x.var.and_then(|_| sub.var(true));
+        let y = f(
+            &mut sub,
+            &Node {
+                t: x.t.clone(),
+                var: input,
+            },
+        )?;
+        Ok((sub, y, input))
+    }
+
+    /// Takes `d` as the gradient of `v`, or adds it to the one `v` already has.
+    fn add_grad(gpu: &Gpu, grads: &mut HashMap<Var, GpuTensor>, v: Var, d: GpuTensor) {
+        match grads.get(&v) {
+            Some(prev) => kernels::residual::accumulate(gpu, prev, &d, true),
+            None => {
+                grads.insert(v, d);
+            }
+        }
     }
 
     /// The gradient buffer of `v` (shaped like `like`) and whether to accumulate into it.

@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Time the train step with gradient checkpointing (less memory, more compute).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 /// Prints one row per measurement, or one JSON object.
@@ -62,7 +65,15 @@ pub fn run(a: &BenchArgs, adapter: &AdapterChoice) -> Result<i32> {
     let model = if a.kernels_only {
         None
     } else {
-        Some(model_rows(&gpu, &cfg, a.batch_size, res, dt, a.iters)?)
+        Some(model_rows(
+            &gpu,
+            &cfg,
+            a.batch_size,
+            res,
+            dt,
+            a.iters,
+            a.gradient_checkpointing,
+        )?)
     };
     if text {
         println!(

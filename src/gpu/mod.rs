@@ -380,7 +380,7 @@ impl Gpu {
         let msg = errs.join("\n");
         errs.clear();
         if msg.to_lowercase().contains("out of memory") {
-            bail!("the GPU ran out of memory: use a smaller --batch-size (or --grad-accum to keep the effective batch)\n{msg}");
+            bail!("the GPU ran out of memory: use a smaller --batch-size (with --grad-accum to keep the effective batch), or --gradient-checkpointing to keep fewer activations\n{msg}");
         }
         bail!("GPU error: {msg}")
     }
@@ -440,7 +440,7 @@ impl Gpu {
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!(
-                "the GPU ran out of memory allocating a {shape:?} tensor ({:.1} MiB): use a smaller --batch-size (or --grad-accum)\n{e}",
+                "the GPU ran out of memory allocating a {shape:?} tensor ({:.1} MiB): use a smaller --batch-size (with --grad-accum to keep the effective batch), or --gradient-checkpointing to keep fewer activations\n{e}",
                 bytes as f64 / 1048576.0
             );
         }
@@ -476,7 +476,8 @@ impl Gpu {
             "the batch size does not change it: this model (at this resolution) needs an adapter \
              with larger buffers (`vitgpu info` lists each adapter's max storage binding)"
         } else {
-            "use a smaller --batch-size (or --grad-accum to keep the effective batch)"
+            "use a smaller --batch-size (or --grad-accum to keep the effective batch); \
+             --gradient-checkpointing keeps fewer activations"
         };
         let capped = if std::env::var_os("VITGPU_MAX_BINDING_MB").is_some() {
             ", capped by VITGPU_MAX_BINDING_MB"

@@ -274,6 +274,24 @@ pub fn forward_gflop(cfg: &Config, res: usize) -> f64 {
     (per_layer * cfg.num_hidden_layers as f64 + patch) / 1e9
 }
 
+/// Forward, loss and backward of one batch; the per-example losses.
+fn train_pass<'g>(
+    gpu: &Gpu,
+    g: &mut Graph<'g>,
+    vit: &'g Vit,
+    pixels: &GpuTensor,
+    labels: &GpuTensor,
+) -> Result<GpuTensor> {
+    let batch = labels.numel();
+    let logits = vit.forward(g, pixels)?;
+    let losses = gpu.alloc(&[batch], DType::F32)?;
+    kernels::softmax::cross_entropy_forward(gpu, &losses, &logits.t, labels);
+    let d = gpu.alloc(&logits.t.shape, DType::F32)?;
+    kernels::softmax::cross_entropy_backward(gpu, &d, &logits.t, labels, 1.0 / batch as f32);
+    g.backward(&logits, d)?;
+    Ok(losses)
+}
+
 /// Whole-model figures: forward, forward+backward and a full train step.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ModelBench {
@@ -299,6 +317,7 @@ pub fn model_rows(
     res: usize,
     dt: DType,
     iters: usize,
+    checkpointing: bool,
 ) -> Result<ModelBench> {
     let mut cfg = cfg.clone();
     cfg.id2label = (0..1000).map(|i| format!("c{i}")).collect();
@@ -328,19 +347,11 @@ pub fn model_rows(
         .map(|p| host[&p.name].data.clone())
         .collect();
     let flat = super::optim::FlatParams::new(gpu, &mut vit, &all, &values)?;
+    vit.set_gradient_checkpointing(checkpointing);
     let labels = gpu.upload_u32(&vec![1; batch]);
-    let fwd_bwd = |g: &mut Graph| -> Result<GpuTensor> {
-        let logits = vit.forward(g, &pixels)?;
-        let losses = gpu.alloc(&[batch], DType::F32)?;
-        kernels::softmax::cross_entropy_forward(gpu, &losses, &logits.t, &labels);
-        let d = gpu.alloc(&logits.t.shape, DType::F32)?;
-        kernels::softmax::cross_entropy_backward(gpu, &d, &logits.t, &labels, 1.0 / batch as f32);
-        g.backward(&logits, d)?;
-        Ok(losses)
-    };
     let ms = time_ms(gpu, iters, || {
         let mut g = Graph::new(gpu, dt);
-        fwd_bwd(&mut g)?;
+        train_pass(gpu, &mut g, &vit, &pixels, &labels)?;
         Ok(())
     })?;
     rows.push(Row::flops(
@@ -354,7 +365,7 @@ pub fn model_rows(
         let before = gpu.dispatches();
         flat.zero_grads(gpu);
         let mut g = Graph::new(gpu, dt);
-        let losses = fwd_bwd(&mut g)?;
+        let losses = train_pass(gpu, &mut g, &vit, &pixels, &labels)?;
         let norm = flat.grad_sumsq(gpu)?.sqrt();
         gpu.read(&losses)?;
         t += 1;

@@ -116,6 +116,8 @@ pub struct TrainOptions {
     pub overwrite_output: bool,
     /// List every file the data walk skipped (else a count).
     pub verbose: bool,
+    /// Recompute encoder layers in backward instead of keeping their activations.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainOptions {
@@ -148,6 +150,7 @@ impl Default for TrainOptions {
             overwrite_model: false,
             overwrite_output: false,
             verbose: false,
+            gradient_checkpointing: false,
         }
     }
 }

@@ -145,6 +145,7 @@ impl<'a> Trainer<'a> {
             dtype,
             Some((res, res)),
         )?;
+        vit.set_gradient_checkpointing(opts.gradient_checkpointing);
         let host_vals: Vec<Vec<f32>> = vit
             .param_table()
             .iter()
