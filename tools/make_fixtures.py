@@ -528,6 +528,35 @@ TRAIN_README = (
     "and classifier.bias trainable. losses[k] = batch loss of step k before its update.\n")
 
 
+def train_loop(sd_dir, pv_all, lab_all, full, loss_fn=F.cross_entropy):
+    """The plain loop of TRAIN_README from the checkpoint in sd_dir: per-step losses and the
+    trained parameters (`final.NAME`)."""
+    m = load(ViTForImageClassification, sd_dir)
+    m.train()
+    for n, p in m.named_parameters():
+        p.requires_grad_(full or n.startswith("classifier."))
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if not ("bias" in n or "layernorm" in n)]
+    no_decay = [p for n, p in named if ("bias" in n or "layernorm" in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    losses = []
+    for _ in range(EPOCHS):
+        for s in range(0, len(lab_all), BS):
+            pv, lab = pv_all[s:s + BS], lab_all[s:s + BS]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(m(pixel_values=pv).logits, lab)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert len(losses) == 8
+    T = {"losses": torch.tensor(losses, dtype=torch.float32)}
+    for n, p in named:
+        T[f"final.{n}"] = p
+    return T
+
+
 def gen_train():
     rng = np.random.RandomState(600)
     files, labels = [], []
@@ -559,47 +588,78 @@ def gen_train():
     lab_all = torch.tensor(labels, dtype=torch.int64)
 
     for case in ("full", "head_only"):
-        m = load(ViTForImageClassification, sd_dir)
-        m.train()
-        for n, p in m.named_parameters():
-            p.requires_grad_(case == "full" or n.startswith("classifier."))
-        named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if not ("bias" in n or "layernorm" in n)]
-        no_decay = [p for n, p in named if ("bias" in n or "layernorm" in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=LR, betas=(0.9, 0.999), eps=1e-8)
-        losses = []
-        for _ in range(EPOCHS):
-            for s in range(0, len(files), BS):
-                pv, lab = pv_all[s:s + BS], lab_all[s:s + BS]
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(m(pixel_values=pv).logits, lab)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-        assert len(losses) == 8
-        T = {"losses": torch.tensor(losses, dtype=torch.float32)}
-        for n, p in named:
-            T[f"final.{n}"] = p
+        T = train_loop(sd_dir, pv_all, lab_all, full=case == "full")
         if case == "full":
             T["pixel_values"] = pv_all
             T["labels"] = lab_all
         save(TRAIN / f"{case}.safetensors", T)
-        print(f"  train {case}: losses {[round(x, 4) for x in losses]}")
+        print(f"  train {case}: losses {[round(x, 4) for x in T['losses'].tolist()]}")
     (TRAIN / "README").write_text(TRAIN_README)
+
+
+LOSSES_README = (
+    "losses.safetensors: F.cross_entropy(x, y, weight=w, label_smoothing=eps) (mean) and its "
+    "gradient for x (7, 5) f32, per case `{case}.loss`, `{case}.grad`, `{case}.eps`, with "
+    "`{case}.weights` where weighted. train/full_weighted_smoothed.safetensors: the "
+    "train/full loop (see train/README) with loss = F.cross_entropy(logits, labels, "
+    "weight=w, label_smoothing=0.1), w = scikit-learn's balanced weights of the training "
+    "split (N / (C * n_c): bird 5, cat 4, dog 4 images), i.e. `vitgpu finetune "
+    "--class-weights balanced --label-smoothing 0.1`.\n")
+
+
+def gen_losses():
+    """Weighted and label-smoothed cross-entropy: kernel cases and a training run."""
+    g = torch.Generator().manual_seed(900)
+    x = torch.randn(7, 5, generator=g) * 3
+    y = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25])
+    T = {"x": x, "labels": y.float()}
+    for case, weights, eps in (("weighted", w, 0.0), ("smoothed", None, 0.2),
+                               ("weighted_smoothed", w, 0.1)):
+        xx = x.clone().requires_grad_()
+        loss = F.cross_entropy(xx, y, weight=weights, label_smoothing=eps)
+        loss.backward()
+        T[f"{case}.loss"] = loss.detach().reshape(1)
+        T[f"{case}.grad"] = xx.grad
+        T[f"{case}.eps"] = torch.tensor([eps])
+        if weights is not None:
+            T[f"{case}.weights"] = weights
+    save(FIX / "losses.safetensors", T)
+    sd_dir = TRAIN / "start"
+    ref = load_fixture_tensors(TRAIN / "full.safetensors")
+    pv_all, lab_all = ref["pixel_values"], ref["labels"].long()
+    counts = torch.bincount(lab_all, minlength=3).float()
+    weights = len(lab_all) / (3 * counts)
+    T = train_loop(sd_dir, pv_all, lab_all, full=True,
+                   loss_fn=lambda lg, lb: F.cross_entropy(lg, lb, weight=weights,
+                                                           label_smoothing=0.1))
+    T["class_weights"] = weights
+    save(TRAIN / "full_weighted_smoothed.safetensors", T)
+    print(f"  weighted+smoothed losses {[round(v, 4) for v in T['losses'].tolist()]}")
+    (FIX / "LOSSES_README").write_text(LOSSES_README)
+
+
+def load_fixture_tensors(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
 
 
 def main():
     assert torch.__version__.startswith("2.5.1"), torch.__version__
     assert transformers.__version__ == "4.46.3", transformers.__version__
     FIX.mkdir(parents=True, exist_ok=True)
+    if "--only" in sys.argv:
+        # Regenerate one family without touching the others, e.g. `--only gen_losses`.
+        name = sys.argv[sys.argv.index("--only") + 1]
+        globals()[name]()
+        return
     for p in (IMG, MODELS, TRAIN):
         if p.exists():
             shutil.rmtree(p)
     for f in FIX.glob("*.safetensors"):
         f.unlink()
-    steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train]
+    steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
+             gen_losses]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

@@ -4,7 +4,7 @@
 use super::args::{self, count, output_dir, real};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
-use crate::train::{self, Diverged, Mode, Range, Schedule, TrainOptions};
+use crate::train::{self, ClassWeights, Diverged, Mode, Range, Schedule, TrainOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +31,13 @@ pub struct FinetuneArgs {
     /// Allow an --output folder that holds other files (not an earlier vitgpu run).
     #[arg(long)]
     pub overwrite_output: bool,
+    /// Label smoothing ε of the cross-entropy, in [0, 1) (PyTorch's `label_smoothing`).
+    #[arg(long, allow_negative_numbers = true, default_value = "0", value_parser = real(Range::UnitHalfOpen))]
+    pub label_smoothing: f64,
+    /// Class weights of the cross-entropy: `balanced` (N / (C·n_c), scikit-learn's), `none`,
+    /// or a JSON file mapping class names to weights.
+    #[arg(long, default_value = "none", value_parser = class_weights)]
+    pub class_weights: ClassWeights,
     /// Recompute each encoder layer's activations in the backward pass instead of keeping
     /// them: less GPU memory (larger batches or resolutions fit), about a third more compute.
     #[arg(long)]
@@ -139,6 +146,8 @@ impl FinetuneArgs {
             overwrite_model: self.overwrite_model,
             overwrite_output: self.overwrite_output,
             gradient_checkpointing: self.gradient_checkpointing,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights.clone(),
             verbose: super::verbose(),
         }
     }
@@ -173,4 +182,16 @@ pub fn run(a: &FinetuneArgs, adapter: &AdapterChoice) -> Result<i32> {
         eprintln!("interrupted before the first step: nothing was saved");
     }
     Ok(if report.interrupted { 130 } else { 0 })
+}
+
+/// `--class-weights`: `balanced`, `none`, or a JSON file that exists.
+fn class_weights(s: &str) -> Result<ClassWeights, String> {
+    match s {
+        "balanced" => Ok(ClassWeights::Balanced),
+        "none" => Ok(ClassWeights::None),
+        path if std::path::Path::new(path).is_file() => Ok(ClassWeights::File(path.into())),
+        other => Err(format!(
+            "expected `balanced`, `none` or a JSON file of class weights; {other} is neither"
+        )),
+    }
 }

@@ -12,7 +12,7 @@ struct SoftmaxParams {
     rows: u32,
     cols: u32,
     scale: f32,
-    _pad: u32,
+    smoothing: f32,
 }
 
 const WG: u32 = 64;
@@ -23,7 +23,83 @@ fn params(x: &GpuTensor, scale: f32) -> SoftmaxParams {
         rows: x.rows() as u32,
         cols: x.cols() as u32,
         scale,
-        _pad: 0,
+        smoothing: 0.0,
+    }
+}
+
+/// Class weights and label smoothing of a cross-entropy, as PyTorch's `cross_entropy(weight=,
+/// label_smoothing=)`; the default is the plain loss.
+#[derive(Clone, Copy, Default)]
+pub struct CrossEntropy<'a> {
+    /// One weight per class (C,) f32, or None for all ones.
+    pub weights: Option<&'a GpuTensor>,
+    /// ε in [0, 1): the target is (1 − ε)·onehot + ε/C.
+    pub smoothing: f32,
+}
+
+impl CrossEntropy<'_> {
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        entry: &'static str,
+        out: &GpuTensor,
+        logits: &GpuTensor,
+        labels: &GpuTensor,
+        scale: f32,
+    ) {
+        let mut p = params(logits, scale);
+        p.smoothing = self.smoothing;
+        if let Some(w) = self.weights {
+            assert_eq!(
+                (w.numel(), w.dtype),
+                (p.cols as usize, DType::F32),
+                "one f32 weight per class"
+            );
+        }
+        // Unweighted launches bind a placeholder the shader does not read (HAS_WEIGHTS off).
+        let w = self.weights.unwrap_or(gpu.dummy());
+        let bindings = [(1, logits), (2, out), (3, labels), (4, w)];
+        gpu.launch(
+            &shader!("softmax"),
+            entry,
+            &[
+                ("WG", WG as f64),
+                ("HAS_WEIGHTS", super::common::flag(self.weights.is_some())),
+            ],
+            &p,
+            &bindings,
+            [p.rows.div_ceil(WG), 1, 1],
+        );
+    }
+
+    /// Per-example losses (rows,): (1 − ε)·w_y·(lse − x_y) + ε/C·Σ_c w_c·(lse − x_c). Their
+    /// mean, as PyTorch reduces it, divides the sum by Σ w_y over the batch.
+    pub fn forward(&self, gpu: &Gpu, losses: &GpuTensor, logits: &GpuTensor, labels: &GpuTensor) {
+        assert_eq!(
+            (losses.numel(), labels.numel()),
+            (logits.rows(), logits.rows())
+        );
+        self.launch(gpu, "cross_entropy_forward", losses, logits, labels, 1.0);
+    }
+
+    /// `dlogits` = ∂(per-example loss)/∂logits · `scale` (1/Σ w_y for the mean loss).
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        dlogits: &GpuTensor,
+        logits: &GpuTensor,
+        labels: &GpuTensor,
+        scale: f32,
+    ) {
+        assert_eq!(dlogits.dtype, DType::F32);
+        self.launch(
+            gpu,
+            "cross_entropy_backward",
+            dlogits,
+            logits,
+            labels,
+            scale,
+        );
     }
 }
 
@@ -47,19 +123,7 @@ pub fn cross_entropy_forward(
     logits: &GpuTensor,
     labels: &GpuTensor,
 ) {
-    let p = params(logits, 1.0);
-    assert_eq!(
-        (losses.numel(), labels.numel()),
-        (p.rows as usize, p.rows as usize)
-    );
-    gpu.launch(
-        &shader!("softmax"),
-        "cross_entropy_forward",
-        &[("WG", WG as f64)],
-        &p,
-        &[(1, logits), (2, losses), (3, labels)],
-        [p.rows.div_ceil(WG), 1, 1],
-    );
+    CrossEntropy::default().forward(gpu, losses, logits, labels);
 }
 
 /// `dlogits = (softmax(logits) − onehot(labels)) · scale`; scale = 1/B for the mean loss.
@@ -70,16 +134,7 @@ pub fn cross_entropy_backward(
     labels: &GpuTensor,
     scale: f32,
 ) {
-    let p = params(logits, scale);
-    assert_eq!(dlogits.dtype, DType::F32);
-    gpu.launch(
-        &shader!("softmax"),
-        "cross_entropy_backward",
-        &[("WG", WG as f64)],
-        &p,
-        &[(1, logits), (2, dlogits), (3, labels)],
-        [p.rows.div_ceil(WG), 1, 1],
-    );
+    CrossEntropy::default().backward(gpu, dlogits, logits, labels, scale);
 }
 
 /// CPU reference of [`softmax_forward`] (f64 sums).
@@ -108,4 +163,37 @@ pub fn cross_entropy_cpu(x: &[f32], labels: &[u32], cols: usize) -> (f32, Vec<f3
     }
     d.iter_mut().for_each(|v| *v /= rows as f32);
     ((loss / rows as f64) as f32, d)
+}
+
+/// CPU reference of [`CrossEntropy`] with PyTorch's mean reduction: (mean loss, gradient of
+/// the mean w.r.t. the logits), f64 sums.
+pub fn cross_entropy_weighted_cpu(
+    x: &[f32],
+    labels: &[u32],
+    cols: usize,
+    weights: Option<&[f32]>,
+    smoothing: f32,
+) -> (f32, Vec<f32>) {
+    let w = |c: usize| weights.map_or(1.0, |w| w[c] as f64);
+    let eps = smoothing as f64;
+    let wsum: f64 = (0..cols).map(w).sum();
+    let norm: f64 = labels.iter().map(|&y| w(y as usize)).sum();
+    let q = softmax_cpu(x, cols);
+    let mut loss = 0.0f64;
+    let mut d = vec![0.0f32; x.len()];
+    for (r, &y) in labels.iter().enumerate() {
+        let y = y as usize;
+        let row = &x[r * cols..(r + 1) * cols];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        loss += (1.0 - eps) * w(y) * (lse - row[y] as f64);
+        loss += eps / cols as f64 * (0..cols).map(|c| w(c) * (lse - row[c] as f64)).sum::<f64>();
+        for c in 0..cols {
+            let qc = q[r * cols + c] as f64;
+            let mut g = (1.0 - eps) * w(y) * (qc - if c == y { 1.0 } else { 0.0 });
+            g += eps / cols as f64 * (wsum * qc - w(c));
+            d[r * cols + c] = (g / norm) as f32;
+        }
+    }
+    ((loss / norm) as f32, d)
 }

@@ -10,7 +10,7 @@ pub mod setup;
 pub mod trainer;
 
 pub use optim::Schedule;
-pub use options::{Mode, Range, TrainOptions};
+pub use options::{ClassWeights, Mode, Range, TrainOptions};
 pub use plan::Plan;
 pub use trainer::Trainer;
 

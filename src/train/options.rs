@@ -18,6 +18,18 @@ pub enum Mode {
     UnfreezeLast(usize),
 }
 
+/// Per-class weights of the cross-entropy (`--class-weights`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub enum ClassWeights {
+    /// All ones (the plain loss).
+    #[default]
+    None,
+    /// scikit-learn's `balanced`: w_c = N / (C · n_c) over the training split.
+    Balanced,
+    /// A JSON object mapping class names to weights (every class named).
+    File(PathBuf),
+}
+
 /// The allowed range of a numeric option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -118,6 +130,10 @@ pub struct TrainOptions {
     pub verbose: bool,
     /// Recompute encoder layers in backward instead of keeping their activations.
     pub gradient_checkpointing: bool,
+    /// Label smoothing ε of the cross-entropy, in [0, 1).
+    pub label_smoothing: f64,
+    /// Class weights of the cross-entropy.
+    pub class_weights: ClassWeights,
 }
 
 impl Default for TrainOptions {
@@ -151,6 +167,8 @@ impl Default for TrainOptions {
             overwrite_output: false,
             verbose: false,
             gradient_checkpointing: false,
+            label_smoothing: 0.0,
+            class_weights: ClassWeights::None,
         }
     }
 }
@@ -180,6 +198,11 @@ impl TrainOptions {
             (
                 "--val-fraction",
                 Some(self.val_fraction),
+                Range::UnitHalfOpen,
+            ),
+            (
+                "--label-smoothing",
+                Some(self.label_smoothing),
                 Range::UnitHalfOpen,
             ),
         ];

@@ -1,7 +1,7 @@
 //! What a run starts from, prepared on the CPU before the GPU opens: the dataset, the
 //! starting weights (a checkpoint or a random init) and a classifier for the dataset's classes.
 
-use super::options::{Mode, TrainOptions};
+use super::options::{ClassWeights, Mode, TrainOptions};
 use crate::checkpoint::{self, StoredDtype};
 use crate::data::{Dataset, PreprocessorConfig, Rng};
 use crate::eval::preview;
@@ -28,6 +28,8 @@ pub struct Setup {
     pub save_dtype: StoredDtype,
     /// The first checkpoint tensor holding inf or NaN, if any (to explain a diverged run).
     pub non_finite_param: Option<String>,
+    /// Cross-entropy weight of each class (in `config.id2label` order), if weighted.
+    pub class_weights: Option<Vec<f32>>,
 }
 
 /// The starting weights and what comes with them.
@@ -53,7 +55,9 @@ pub fn prepare(o: &TrainOptions) -> Result<Setup> {
     if let Some(p) = &start.non_finite {
         eprintln!("warning: the starting weights hold inf/NaN values (tensor {p})");
     }
+    let class_weights = class_weights(&o.class_weights, &dataset)?;
     Ok(Setup {
+        class_weights,
         config: start.config,
         host: start.host,
         dataset,
@@ -73,6 +77,7 @@ fn load_dataset(o: &TrainOptions) -> Result<Dataset> {
     if dataset.train.is_empty() {
         bail!("the training split has no images");
     }
+    report_class_counts(&dataset);
     if let [only] = &dataset.classes[..] {
         eprintln!(
             "warning: the dataset has one class ('{only}'): a classifier learns nothing from it; \
@@ -193,4 +198,122 @@ fn fit_head(start: &mut Start, classes: &[String], rng: &mut Rng) -> Result<()> 
         start.host.insert(p.name, HostTensor::new(p.shape, v)?);
     }
     Ok(())
+}
+
+/// Images per class of a split.
+fn class_counts(samples: &[crate::data::Sample], classes: usize) -> Vec<usize> {
+    let mut n = vec![0; classes];
+    for s in samples {
+        n[s.label] += 1;
+    }
+    n
+}
+
+/// Prints each split's images per class, and warns when the training split is imbalanced
+/// (its largest class over 10× its smallest).
+fn report_class_counts(ds: &Dataset) {
+    let splits = [
+        ("train", &ds.train),
+        ("validation", &ds.validation),
+        ("test", &ds.test),
+    ];
+    for (name, samples) in splits {
+        if samples.is_empty() {
+            continue;
+        }
+        let n = class_counts(samples, ds.classes.len());
+        let list: Vec<String> = ds
+            .classes
+            .iter()
+            .zip(&n)
+            .take(20)
+            .map(|(c, k)| format!("{c} {k}"))
+            .collect();
+        let more = if ds.classes.len() > 20 { ", …" } else { "" };
+        eprintln!(
+            "{name}: {} images ({}{more})",
+            samples.len(),
+            list.join(", ")
+        );
+    }
+    let n = class_counts(&ds.train, ds.classes.len());
+    let (max, min) = (n.iter().max().copied(), n.iter().min().copied());
+    if let (Some(max), Some(min)) = (max, min) {
+        if ds.classes.len() > 1 && max > 10 * min {
+            eprintln!(
+                "warning: the training classes are imbalanced (largest {max} images, smallest {min}); \
+                 consider --class-weights balanced"
+            );
+        }
+    }
+}
+
+/// The cross-entropy's class weights, in the dataset's class order (None: unweighted).
+fn class_weights(cw: &ClassWeights, ds: &Dataset) -> Result<Option<Vec<f32>>> {
+    let c = ds.classes.len();
+    match cw {
+        ClassWeights::None => Ok(None),
+        ClassWeights::Balanced => {
+            let n = class_counts(&ds.train, c);
+            let total = ds.train.len() as f64;
+            // scikit-learn's compute_class_weight("balanced"); a class with no training image
+            // never appears as a label, so its weight only enters the smoothing term: 0.
+            Ok(Some(
+                n.iter()
+                    .map(|&k| {
+                        if k == 0 {
+                            0.0
+                        } else {
+                            (total / (c as f64 * k as f64)) as f32
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        ClassWeights::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --class-weights {}: {e}", path.display())
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--class-weights {} is not JSON ({e}): give an object such as {{\"cat\": 1.0, \"dog\": 2.5}}",
+                    path.display()
+                )
+            })?;
+            let Some(obj) = v.as_object() else {
+                bail!(
+                    "--class-weights {} must hold a JSON object mapping class names to weights",
+                    path.display()
+                );
+            };
+            for k in obj.keys() {
+                if !ds.classes.contains(k) {
+                    bail!(
+                        "--class-weights {} names class '{k}', which the data does not have (classes: {})",
+                        path.display(),
+                        preview(&ds.classes)
+                    );
+                }
+            }
+            ds.classes
+                .iter()
+                .map(|name| {
+                    let w = obj.get(name).and_then(|w| w.as_f64()).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--class-weights {} has no numeric weight for class '{name}'",
+                            path.display()
+                        )
+                    })?;
+                    if !(w.is_finite() && w >= 0.0) {
+                        bail!(
+                            "--class-weights {}: the weight of '{name}' must be finite and >= 0 (got {w})",
+                            path.display()
+                        );
+                    }
+                    Ok(w as f32)
+                })
+                .collect::<Result<Vec<f32>>>()
+                .map(Some)
+        }
+    }
 }

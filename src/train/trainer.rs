@@ -13,7 +13,7 @@ use crate::eval::metrics::loss_and_accuracy;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
 use crate::kernels::adamw::AdamWStep;
-use crate::kernels::softmax::{cross_entropy_backward, cross_entropy_forward};
+use crate::kernels::softmax::CrossEntropy;
 use crate::model::Vit;
 use crate::tape::{Graph, Node};
 use anyhow::{bail, Context, Result};
@@ -97,6 +97,8 @@ pub struct Trainer<'a> {
     stop: &'a AtomicBool,
     /// (training, validation) features when the classifier trains alone on fixed features.
     features: Option<(Features, Features)>,
+    /// The cross-entropy's class weights on the GPU, when weighted.
+    class_weights: Option<GpuTensor>,
     p: Progress,
 }
 
@@ -167,7 +169,12 @@ impl<'a> Trainer<'a> {
             plan.total_steps
         );
         let bar = progress_bar(plan.total_steps);
+        let class_weights = match &setup.class_weights {
+            Some(w) => Some(gpu.upload(w, &[w.len()], DType::F32)?),
+            None => None,
+        };
         Ok(Trainer {
+            class_weights,
             gpu,
             opts,
             scaler: LossScaler::new(opts.precision.dtype() == DType::F16),
@@ -301,8 +308,9 @@ impl<'a> Trainer<'a> {
     }
 
     /// Forward + backward of one micro-batch (recorded, not waited for); returns its
-    /// per-example losses.
-    fn forward_backward(&self, batch: &Batch, cached: bool) -> Result<GpuTensor> {
+    /// per-example losses and what their sum is divided by for the mean (Σ w_y, PyTorch's
+    /// weighted mean; the batch size without class weights).
+    fn forward_backward(&self, batch: &Batch, cached: bool) -> Result<(GpuTensor, f32)> {
         let gpu = self.gpu;
         let b = batch.labels.len();
         let labels = gpu.upload_u32(&batch.labels);
@@ -314,13 +322,26 @@ impl<'a> Trainer<'a> {
             let pixels = gpu.upload(&batch.pixels, &[b, 3, res, res], DType::F32)?;
             self.vit.forward(&mut g, &pixels)?
         };
+        let ce = CrossEntropy {
+            weights: self.class_weights.as_ref(),
+            smoothing: self.opts.label_smoothing as f32,
+        };
+        let norm = match &self.setup.class_weights {
+            Some(w) => batch.labels.iter().map(|&y| w[y as usize]).sum::<f32>(),
+            None => b as f32,
+        };
         let losses = gpu.alloc(&[b], DType::F32)?;
-        cross_entropy_forward(gpu, &losses, &logits.t, &labels);
+        ce.forward(gpu, &losses, &logits.t, &labels);
         let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
-        let scale = self.scaler.scale / (b * self.opts.grad_accum) as f32;
-        cross_entropy_backward(gpu, &dlogits, &logits.t, &labels, scale);
+        // A batch whose classes all weigh 0 contributes nothing (PyTorch would divide 0 by 0).
+        let scale = if norm > 0.0 {
+            self.scaler.scale / (norm * self.opts.grad_accum as f32)
+        } else {
+            0.0
+        };
+        ce.backward(gpu, &dlogits, &logits.t, &labels, scale);
         g.backward(&logits, dlogits)?;
-        Ok(losses)
+        Ok((losses, norm))
     }
 
     /// The model's own classifier on cached CLS features (B, C): logits (B, L).
@@ -333,11 +354,14 @@ impl<'a> Trainer<'a> {
             .context("the model has no classifier")
     }
 
-    fn mean_loss(&self, losses: &[GpuTensor]) -> Result<f32> {
+    /// The mean over micro-batches of each one's mean loss.
+    fn mean_loss(&self, losses: &[(GpuTensor, f32)]) -> Result<f32> {
         let mut sum = 0.0;
-        for l in losses {
+        for (l, norm) in losses {
             let v = self.gpu.read(l)?;
-            sum += v.iter().sum::<f32>() / v.len() as f32;
+            if *norm > 0.0 {
+                sum += v.iter().sum::<f32>() / norm;
+            }
         }
         Ok(sum / losses.len() as f32)
     }

@@ -755,3 +755,67 @@ fn bench_json_has_roofs_fractions_dispatches_and_peak_memory() {
     // Weights, AdamW state and activations of the demo model: a few MiB at least.
     assert!(v["peak_memory_mib"].as_f64().unwrap() > 1.0, "{v}");
 }
+
+/// Class counts are printed, a >10× imbalance warns, and `--class-weights FILE` errors name
+/// the class; bad `--class-weights`/`--label-smoothing` values are refused while parsing.
+#[test]
+fn class_counts_imbalance_warning_and_class_weight_errors() {
+    let dir = scratch("imbalance");
+    let src = fixture_path("train/data/train/bird/000.png");
+    for (class, n) in [("common", 11), ("rare", 1)] {
+        std::fs::create_dir_all(dir.join("train").join(class)).unwrap();
+        for i in 0..n {
+            std::fs::copy(&src, dir.join("train").join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let model = s(&fixture_path("train/start"));
+    let data = s(&dir);
+    let run = |extra: &[&str], out: &str| {
+        let out = s(&dir.join(out));
+        let mut args = vec![
+            "finetune",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--output",
+            &out,
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        vitgpu(&args)
+    };
+    let o = run(
+        &["--class-weights", "balanced", "--label-smoothing", "0.1"],
+        "o1",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("train: 12 images (common 11, rare 1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("imbalanced") && err.contains("--class-weights balanced"),
+        "{err}"
+    );
+    let weights = dir.join("w.json");
+    std::fs::write(&weights, r#"{"common": 1.0, "rarest": 5.0}"#).unwrap();
+    let o = run(&["--class-weights", &s(&weights)], "o2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("'rarest'"), "{err}");
+    std::fs::write(&weights, r#"{"common": 1.0}"#).unwrap();
+    let o = run(&["--class-weights", &s(&weights)], "o3");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no numeric weight for class 'rare'"), "{err}");
+    for bad in [["--class-weights", "sometimes"], ["--label-smoothing", "1"]] {
+        let o = run(&bad, "o4");
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(bad[0]));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

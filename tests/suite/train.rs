@@ -154,9 +154,30 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn full_finetune_follows_the_pytorch_loop() {
-    let out = tmp("full");
-    finetune(&out, &["--full"]);
-    let f = load_fixture("train/full.safetensors");
+    check_full_run("full", "train/full.safetensors", &["--full"]);
+}
+
+/// `--class-weights balanced --label-smoothing 0.1` against the PyTorch loop with
+/// `cross_entropy(weight=N/(C·n_c), label_smoothing=0.1)`, at the plain run's tolerances.
+#[test]
+fn weighted_smoothed_finetune_follows_the_pytorch_loop() {
+    check_full_run(
+        "weighted",
+        "train/full_weighted_smoothed.safetensors",
+        &[
+            "--full",
+            "--class-weights",
+            "balanced",
+            "--label-smoothing",
+            "0.1",
+        ],
+    );
+}
+
+fn check_full_run(tag: &str, fixture: &str, flags: &[&str]) {
+    let out = tmp(tag);
+    finetune(&out, flags);
+    let f = load_fixture(fixture);
     let losses = logged_losses(&out);
     // Issue bound: per-step losses within 1e-3 relative.
     assert_close("per-step losses", &losses, &get(&f, "losses").1, 0.0, 1e-3);
