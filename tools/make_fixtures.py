@@ -528,7 +528,16 @@ TRAIN_README = (
     "and classifier.bias trainable. losses[k] = batch loss of step k before its update.\n")
 
 
-def train_loop(sd_dir, pv_all, lab_all, full, loss_fn=F.cross_entropy):
+def layer_id(name, layers):
+    """BEiT/MAE/timm layer-decay groups: 0 embeddings, i + 1 encoder layer i, L + 1 the rest."""
+    if name.startswith("vit.embeddings."):
+        return 0
+    if name.startswith("vit.encoder.layer."):
+        return int(name.split(".")[3]) + 1
+    return layers + 1
+
+
+def train_loop(sd_dir, pv_all, lab_all, full, loss_fn=F.cross_entropy, layer_decay=None):
     """The plain loop of TRAIN_README from the checkpoint in sd_dir: per-step losses and the
     trained parameters (`final.NAME`)."""
     m = load(ViTForImageClassification, sd_dir)
@@ -536,11 +545,16 @@ def train_loop(sd_dir, pv_all, lab_all, full, loss_fn=F.cross_entropy):
     for n, p in m.named_parameters():
         p.requires_grad_(full or n.startswith("classifier."))
     named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if not ("bias" in n or "layernorm" in n)]
-    no_decay = [p for n, p in named if ("bias" in n or "layernorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    if layer_decay is None:
+        decay = [p for n, p in named if not ("bias" in n or "layernorm" in n)]
+        no_decay = [p for n, p in named if ("bias" in n or "layernorm" in n)]
+        groups = [{"params": decay, "weight_decay": WD},
+                  {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        L = m.config.num_hidden_layers
+        groups = [{"params": [p], "weight_decay": 0.0 if ("bias" in n or "layernorm" in n) else WD,
+                   "lr": LR * layer_decay ** (L + 1 - layer_id(n, L))} for n, p in named]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8)
     losses = []
     for _ in range(EPOCHS):
         for s in range(0, len(lab_all), BS):
@@ -604,7 +618,10 @@ LOSSES_README = (
     "train/full loop (see train/README) with loss = F.cross_entropy(logits, labels, "
     "weight=w, label_smoothing=0.1), w = scikit-learn's balanced weights of the training "
     "split (N / (C * n_c): bird 5, cat 4, dog 4 images), i.e. `vitgpu finetune "
-    "--class-weights balanced --label-smoothing 0.1`.\n")
+    "--class-weights balanced --label-smoothing 0.1`. train/full_layer_decay.safetensors: the "
+    "train/full loop with one AdamW group per parameter at lr = 1e-3 * 0.5^(L + 1 - id) (id 0 "
+    "embeddings, i + 1 encoder layer i, L + 1 final layernorm and classifier), i.e. "
+    "`--layer-decay 0.5`.\n")
 
 
 def gen_losses():
@@ -636,6 +653,9 @@ def gen_losses():
     T["class_weights"] = weights
     save(TRAIN / "full_weighted_smoothed.safetensors", T)
     print(f"  weighted+smoothed losses {[round(v, 4) for v in T['losses'].tolist()]}")
+    T = train_loop(sd_dir, pv_all, lab_all, full=True, layer_decay=0.5)
+    save(TRAIN / "full_layer_decay.safetensors", T)
+    print(f"  layer decay 0.5 losses {[round(v, 4) for v in T['losses'].tolist()]}")
     (FIX / "LOSSES_README").write_text(LOSSES_README)
 
 

@@ -38,6 +38,10 @@ pub struct FinetuneArgs {
     /// or a JSON file mapping class names to weights.
     #[arg(long, default_value = "none", value_parser = class_weights)]
     pub class_weights: ClassWeights,
+    /// Layer-wise learning-rate decay ρ in (0, 1] (BEiT/MAE/timm): the classifier and final
+    /// norm train at --lr, encoder layer i at lr·ρ^(L−i), the embeddings at lr·ρ^(L+1).
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::UnitPositive))]
+    pub layer_decay: Option<f64>,
     /// Recompute each encoder layer's activations in the backward pass instead of keeping
     /// them: less GPU memory (larger batches or resolutions fit), about a third more compute.
     #[arg(long)]
@@ -148,6 +152,7 @@ impl FinetuneArgs {
             gradient_checkpointing: self.gradient_checkpointing,
             label_smoothing: self.label_smoothing,
             class_weights: self.class_weights.clone(),
+            layer_decay: self.layer_decay,
             verbose: super::verbose(),
         }
     }

@@ -346,7 +346,7 @@ pub fn model_rows(
         .iter()
         .map(|p| host[&p.name].data.clone())
         .collect();
-    let flat = super::optim::FlatParams::new(gpu, &mut vit, &all, &values)?;
+    let flat = super::optim::FlatParams::new(gpu, &mut vit, &all, &values, false)?;
     vit.set_gradient_checkpointing(checkpointing);
     let labels = gpu.upload_u32(&vec![1; batch]);
     let ms = time_ms(gpu, iters, || {
@@ -380,6 +380,7 @@ pub fn model_rows(
                 t,
                 grad_scale: (1.0 / (norm + 1e-6)).min(1.0) as f32,
             },
+            None,
         );
         dispatches = gpu.dispatches() - before;
         Ok(())

@@ -24,40 +24,52 @@ pub struct FlatParams {
     pub n_decay: usize,
     /// (parameter index in the model, element offset, element count).
     pub entries: Vec<(usize, usize, usize)>,
+    /// With layer-wise learning-rate decay: (layer id, decayed, element range) of each run of
+    /// parameters that share a learning rate and weight decay, in flat order.
+    layer_segments: Option<Vec<(usize, bool, std::ops::Range<usize>)>>,
+    /// L + 1: the layer id of the final norm and the classifier.
+    top_layer: usize,
 }
 
 impl FlatParams {
-    /// Packs the model's `trainable` parameters (decayed ones first) and points the model's
+    /// Packs the model's `trainable` parameters (decayed ones first; with `by_layer`, for
+    /// layer-wise learning-rate decay, grouped by layer id first) and points the model's
     /// weights and gradients at views of the flat buffers.
     pub fn new(
         gpu: &Gpu,
         vit: &mut Vit,
         trainable: &[usize],
         host: &[Vec<f32>],
+        by_layer: bool,
     ) -> Result<FlatParams> {
-        let mut order: Vec<usize> = trainable
-            .iter()
-            .copied()
-            .filter(|&i| vit.param_table()[i].decay)
-            .collect();
-        let n_decay_params = order.len();
-        order.extend(
-            trainable
-                .iter()
-                .copied()
-                .filter(|&i| !vit.param_table()[i].decay),
-        );
+        let table = vit.param_table();
+        let key = |i: usize| {
+            let p = &table[i];
+            // Decayed first (within a layer when grouped by layer).
+            (if by_layer { p.layer } else { 0 }, !p.decay)
+        };
+        let mut order: Vec<usize> = trainable.to_vec();
+        order.sort_by_key(|&i| key(i)); // stable: table order within a group
         let mut entries = Vec::new();
+        let mut segments: Vec<(usize, bool, std::ops::Range<usize>)> = Vec::new();
         let mut off = 0;
         let mut n_decay = 0;
-        for (k, &i) in order.iter().enumerate() {
+        for &i in &order {
             let n = host[i].len();
             entries.push((i, off, n));
-            off += n.div_ceil(ALIGN) * ALIGN;
-            if k + 1 == n_decay_params {
-                n_decay = off;
+            let end = off + n.div_ceil(ALIGN) * ALIGN;
+            let (layer, decay) = (table[i].layer, table[i].decay);
+            match segments.last_mut() {
+                Some(s) if s.0 == layer && s.1 == decay => s.2.end = end,
+                _ if by_layer => segments.push((layer, decay, off..end)),
+                _ => {}
             }
+            if decay {
+                n_decay = end;
+            }
+            off = end;
         }
+        let top_layer = vit.config().num_hidden_layers + 1;
         let total = off.max(ALIGN);
         let mut flat = vec![0.0f32; total];
         for &(i, o, n) in &entries {
@@ -89,6 +101,8 @@ impl FlatParams {
             half,
             n_decay,
             entries,
+            layer_segments: by_layer.then_some(segments),
+            top_layer,
         })
     }
 
@@ -102,17 +116,42 @@ impl FlatParams {
         grad_sumsq(gpu, &self.grads, &self.partial)
     }
 
-    /// One AdamW update of the master weights (and their f16 copies).
-    pub fn step(&self, gpu: &Gpu, s: &AdamWStep) {
-        adamw_step(
-            gpu,
-            &self.master,
-            &self.m,
-            &self.v,
-            &self.grads,
-            self.n_decay,
-            s,
-        );
+    /// One AdamW update of the master weights (and their f16 copies). With layer-wise decay
+    /// ρ (packed `by_layer`), a parameter of layer id l steps at `s.lr · ρ^(L + 1 − l)`:
+    /// BEiT's, MAE's and timm's recipe (0 embeddings, i + 1 encoder layer i, L + 1 the final
+    /// norm and the classifier).
+    pub fn step(&self, gpu: &Gpu, s: &AdamWStep, layer_decay: Option<f64>) {
+        let (Some(rho), Some(segments)) = (layer_decay, &self.layer_segments) else {
+            adamw_step(
+                gpu,
+                &self.master,
+                &self.m,
+                &self.v,
+                &self.grads,
+                self.n_decay,
+                s,
+            );
+            if let Some(h) = &self.half {
+                cast_f16(gpu, h, &self.master);
+            }
+            return;
+        };
+        for (layer, decay, range) in segments {
+            let scaled = AdamWStep {
+                lr: (s.lr as f64 * rho.powi((self.top_layer - layer) as i32)) as f32,
+                ..*s
+            };
+            let view = |t: &GpuTensor| t.view(range.start, &[range.len()]);
+            adamw_step(
+                gpu,
+                &view(&self.master),
+                &view(&self.m),
+                &view(&self.v),
+                &view(&self.grads),
+                if *decay { range.len() } else { 0 },
+                &scaled,
+            );
+        }
         if let Some(h) = &self.half {
             cast_f16(gpu, h, &self.master);
         }

@@ -41,6 +41,8 @@ pub enum Range {
     UnitHalfOpen,
     /// In [0, 1].
     Unit,
+    /// In (0, 1].
+    UnitPositive,
 }
 
 impl Range {
@@ -52,6 +54,7 @@ impl Range {
                 Range::NonNegative => v >= 0.0,
                 Range::UnitHalfOpen => (0.0..1.0).contains(&v),
                 Range::Unit => (0.0..=1.0).contains(&v),
+                Range::UnitPositive => v > 0.0 && v <= 1.0,
             };
         if ok {
             Ok(v)
@@ -67,6 +70,7 @@ impl Range {
             Range::NonNegative => "a finite number >= 0",
             Range::UnitHalfOpen => "at least 0 and below 1",
             Range::Unit => "between 0 and 1",
+            Range::UnitPositive => "above 0 and at most 1",
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct TrainOptions {
     pub label_smoothing: f64,
     /// Class weights of the cross-entropy.
     pub class_weights: ClassWeights,
+    /// Layer-wise learning-rate decay ρ in (0, 1]: layer id l trains at lr·ρ^(L+1−l).
+    pub layer_decay: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -169,6 +175,7 @@ impl Default for TrainOptions {
             gradient_checkpointing: false,
             label_smoothing: 0.0,
             class_weights: ClassWeights::None,
+            layer_decay: None,
         }
     }
 }
@@ -205,6 +212,7 @@ impl TrainOptions {
                 Some(self.label_smoothing),
                 Range::UnitHalfOpen,
             ),
+            ("--layer-decay", self.layer_decay, Range::UnitPositive),
         ];
         for (flag, v, range) in reals {
             if let Some(Err(e)) = v.map(|v| range.check(v)) {

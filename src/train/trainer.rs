@@ -154,7 +154,13 @@ impl<'a> Trainer<'a> {
             .map(|p| setup.host[&p.name].data.clone())
             .collect();
         let train = trainable(&vit, opts.mode);
-        let flat = FlatParams::new(gpu, &mut vit, &train, &host_vals)?;
+        let flat = FlatParams::new(
+            gpu,
+            &mut vit,
+            &train,
+            &host_vals,
+            opts.layer_decay.is_some(),
+        )?;
         start_run(opts, &plan)?;
         let log_path = opts.output.join(LOG_FILE);
         let log = std::fs::File::create(&log_path)
@@ -384,7 +390,7 @@ impl<'a> Trainer<'a> {
             t: (self.p.step + 1) as u32,
             grad_scale: (clip / self.scaler.scale as f64) as f32,
         };
-        self.flat.step(self.gpu, &s);
+        self.flat.step(self.gpu, &s, self.opts.layer_decay);
         self.p.step += 1;
         lr
     }

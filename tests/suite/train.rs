@@ -174,6 +174,17 @@ fn weighted_smoothed_finetune_follows_the_pytorch_loop() {
     );
 }
 
+/// `--layer-decay 0.5` against PyTorch AdamW with one group per parameter at
+/// lr·0.5^(L+1−id): the per-parameter learning rates decide every update checked here.
+#[test]
+fn layer_decay_finetune_follows_the_pytorch_loop() {
+    check_full_run(
+        "layer-decay",
+        "train/full_layer_decay.safetensors",
+        &["--full", "--layer-decay", "0.5"],
+    );
+}
+
 fn check_full_run(tag: &str, fixture: &str, flags: &[&str]) {
     let out = tmp(tag);
     finetune(&out, flags);
