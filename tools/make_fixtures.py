@@ -659,6 +659,138 @@ def gen_losses():
     (FIX / "LOSSES_README").write_text(LOSSES_README)
 
 
+# --------------------------------------------------------------------------
+# 8. timm / torchvision eval transforms on non-square photos + a model saved by timm
+# --------------------------------------------------------------------------
+TIMM_README = """timm_preprocess.safetensors: eval pixels written by timm 1.0.12 / torchvision 0.20.1
+themselves, (3, H, W) f32, from real photos opened with PIL and .convert("RGB"):
+  cat      = images/cat.png (451x300, landscape)
+  rocket   = images/rocket.jpg (640x427, landscape JPEG)
+  portrait = images/gray.png cropped to the box (100, 30, 400, 481): 300x451
+`timm.{img}.{case}` = timm.data.create_transform(**resolve_data_config(pretrained_cfg=CFG))(img),
+CFG = {input_size, interpolation, mean, std, crop_pct, crop_mode} of the case (TIMM_CASES in
+tools/make_fixtures.py; the case name spells mode, crop_pct x100, interpolation and size, e.g.
+`center.p90.bicubic.33`). `tv.{img}.{case}` = torchvision Compose([Resize(S, interpolation),
+CenterCrop(S), ToTensor(), Normalize(mean, std)]) (the seed tutorials' val transform).
+ToTensor + Normalize are asserted to equal (u8 / 255 - mean) / std in float32, bit for bit.
+
+models/vit_timm_crop: a random timm VisionTransformer (img 32, patch 8, embed 96, depth 2,
+3 heads, mlp_ratio 2, 3 classes) with 0.1 noise on every parameter, written by
+timm.models.save_for_hf (model.safetensors + config.json with architecture, model_args and
+pretrained_cfg: crop_pct 0.9, bicubic, center, mean (0.485, 0.456, 0.406), std (0.229, 0.224,
+0.225)). reference.safetensors: `pixel_values` (3, 3, 32, 32) = the model's own timm eval transform
+on cat, rocket, portrait; `logits` (3, 3) = model(pixel_values) in eval mode.
+"""
+
+TIMM_IMAGES = (("cat", "cat.png", None), ("rocket", "rocket.jpg", None),
+               ("portrait", "gray.png", (100, 30, 400, 481)))
+INCEPTION = ([0.5] * 3, [0.5] * 3)
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
+# name -> (crop_mode, crop_pct, interpolation, (H, W), (mean, std), images)
+ALL3 = ("cat", "rocket", "portrait")
+TIMM_CASES = {
+    "center.p100.bicubic.32": ("center", 1.0, "bicubic", (32, 32), INCEPTION, ALL3),
+    "center.p90.bicubic.32": ("center", 0.9, "bicubic", (32, 32), IMAGENET, ALL3),
+    "center.p100.bilinear.32": ("center", 1.0, "bilinear", (32, 32), IMAGENET, ALL3),
+    "center.p90.bilinear.33": ("center", 0.9, "bilinear", (33, 33), INCEPTION, ALL3),
+    "center.p875.bicubic.24x40": ("center", 0.875, "bicubic", (24, 40), IMAGENET, ("cat", "portrait")),
+    "squash.p90.bicubic.32": ("squash", 0.9, "bicubic", (32, 32), IMAGENET, ("cat", "portrait")),
+    "border.p90.bicubic.32": ("border", 0.9, "bicubic", (32, 32), IMAGENET, ("cat", "portrait")),
+    "border.p100.bilinear.31": ("border", 1.0, "bilinear", (31, 31), INCEPTION, ("rocket",)),
+}
+TV_CASES = {
+    "center_crop.bilinear.32": ("bilinear", 32, INCEPTION),
+    "center_crop.bicubic.33": ("bicubic", 33, IMAGENET),
+}
+
+
+def timm_images():
+    out = {}
+    for name, f, box in TIMM_IMAGES:
+        im = Image.open(IMG / f).convert("RGB")
+        out[name] = im.crop(box) if box else im
+    assert out["portrait"].size == (300, 451)
+    return out
+
+
+def split_u8(transform):
+    """A Compose's geometric steps (PIL in, PIL out) and the ToTensor + Normalize tail."""
+    from torchvision import transforms as tv
+    steps = list(transform.transforms)
+    k = next(i for i, t in enumerate(steps) if isinstance(t, tv.ToTensor))
+    return tv.Compose(steps[:k]), tv.Compose(steps[k:])
+
+
+def check_tail(pil, tail, mean, std, pv):
+    # ToTensor + Normalize are exactly (u8 / 255 - mean) / std in float32.
+    u = np.asarray(pil).astype(np.float32).transpose(2, 0, 1)
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    assert np.array_equal((u / np.float32(255) - m) / s, pv.numpy())
+
+
+def gen_timm_preprocess():
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.models._hub import save_for_hf
+    from torchvision import transforms as tv
+    assert timm.__version__ == "1.0.12", timm.__version__
+    import torchvision
+    assert torchvision.__version__.startswith("0.20.1"), torchvision.__version__
+    imgs = timm_images()
+    T = {}
+    for case, (mode, pct, interp, (h, w), (mean, std), names) in TIMM_CASES.items():
+        cfg = {"input_size": (3, h, w), "interpolation": interp, "mean": tuple(mean),
+               "std": tuple(std), "crop_pct": pct, "crop_mode": mode}
+        data_cfg = resolve_data_config(pretrained_cfg=cfg)
+        assert data_cfg == cfg, (data_cfg, cfg)
+        transform = create_transform(**data_cfg)
+        geo, tail = split_u8(transform)
+        for n in names:
+            pv = transform(imgs[n])
+            assert pv.shape == (3, h, w), (case, n, pv.shape)
+            pil = geo(imgs[n])
+            check_tail(pil, tail, mean, std, pv)
+            T[f"timm.{n}.{case}"] = pv
+    for case, (interp, size, (mean, std)) in TV_CASES.items():
+        mode = {"bilinear": tv.InterpolationMode.BILINEAR, "bicubic": tv.InterpolationMode.BICUBIC}[interp]
+        transform = tv.Compose([tv.Resize(size, interpolation=mode), tv.CenterCrop(size), tv.ToTensor(),
+                                tv.Normalize(mean=mean, std=std)])
+        geo, tail = split_u8(transform)
+        for n in ALL3:
+            pv = transform(imgs[n])
+            pil = geo(imgs[n])
+            check_tail(pil, tail, mean, std, pv)
+            T[f"tv.{n}.{case}"] = pv
+    save(FIX / "timm_preprocess.safetensors", T)
+
+    # A tiny random timm ViT saved the way timm saves for the Hub.
+    torch.manual_seed(1100)
+    model_args = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, mlp_ratio=2.0,
+                      num_classes=3)
+    overlay = dict(input_size=(3, 32, 32), crop_pct=0.9, interpolation="bicubic", crop_mode="center",
+                   mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), num_classes=3)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, pretrained_cfg_overlay=overlay,
+                          **model_args)
+    add_noise(m, 1101)
+    m.eval()
+    d = MODELS / "vit_timm_crop"
+    if d.exists():
+        shutil.rmtree(d)
+    save_for_hf(m, d, model_config={"label_names": ["cat", "rocket", "camera"]},
+                model_args=model_args, safe_serialization=True)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["crop_pct"] == 0.9 and cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    data_cfg = resolve_data_config(model=m)
+    assert data_cfg["crop_pct"] == 0.9 and data_cfg["crop_mode"] == "center"
+    transform = create_transform(**data_cfg)
+    pv = torch.stack([transform(imgs[n]) for n in ALL3])
+    with torch.no_grad():
+        logits = m(pv)
+    save(d / "reference.safetensors", {"pixel_values": pv, "logits": logits})
+    (FIX / "TIMM_README").write_text(TIMM_README)
+
+
 def load_fixture_tensors(path):
     from safetensors.torch import load_file
     return load_file(str(path))
@@ -679,7 +811,7 @@ def main():
     for f in FIX.glob("*.safetensors"):
         f.unlink()
     steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
-             gen_losses]
+             gen_losses, gen_timm_preprocess]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

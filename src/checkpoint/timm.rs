@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{Checkpoint, CheckpointFormat, DtypeTally, Found, Store};
+use crate::data::{crop_mode_from, CropMode, EvalTransform, TimmEval, EVAL_TRANSFORM_KEY};
 use crate::model::{Activation, Config, ParamTable};
 
 /// Why a timm tensor outside the plain-ViT set cannot be represented, if we know.
@@ -93,9 +94,28 @@ fn pil_resample(interpolation: &str) -> u64 {
     }
 }
 
-/// A Hugging Face `ViTImageProcessor` config equivalent to timm's `pretrained_cfg`.
-fn preprocessor_from(pretrained: Option<&Value>, image_size: usize) -> Value {
-    let get = |k: &str| pretrained.and_then(|p| p.get(k));
+/// timm's `IMAGENET_DEFAULT_MEAN` / `IMAGENET_DEFAULT_STD`, what `resolve_data_config` takes
+/// when `pretrained_cfg` has no mean/std.
+const IMAGENET_DEFAULT_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_DEFAULT_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// The preprocessing timm's `resolve_data_config(model=...)` + `create_transform` give for
+/// `pretrained_cfg`, as a `preprocessor_config.json` object: input size, interpolation,
+/// mean/std and, under `vitgpu_eval_transform`, crop_pct and crop_mode (timm's defaults where
+/// a key is missing, null, 0 or empty, as `resolve_data_config` treats them: bicubic, ImageNet
+/// mean/std, crop_pct 0.875, center; the size defaults to the model's `image_size`).
+fn preprocessor_from(pretrained: Option<&Value>, image_size: usize) -> Result<Value> {
+    // `pretrained_cfg.get(k)` being truthy, as resolve_data_config tests it.
+    let get = |k: &str| {
+        pretrained.and_then(|p| p.get(k)).filter(|v| match v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        })
+    };
     let (h, w) = match get("input_size").and_then(Value::as_array) {
         Some(a) if a.len() == 3 => (
             as_size(&a[1]).unwrap_or(image_size),
@@ -103,27 +123,49 @@ fn preprocessor_from(pretrained: Option<&Value>, image_size: usize) -> Value {
         ),
         _ => (image_size, image_size),
     };
-    let triple = |k: &str, default: f64| -> Value {
-        match get(k).and_then(Value::as_array) {
-            Some(a) if a.len() == 3 && a.iter().all(Value::is_number) => Value::Array(a.clone()),
-            _ => json!([default, default, default]),
+    let triple = |k: &str, default: [f64; 3]| -> Result<Value> {
+        match get(k) {
+            None => Ok(json!(default)),
+            Some(Value::Array(a))
+                if (a.len() == 3 || a.len() == 1) && a.iter().all(Value::is_number) =>
+            {
+                Ok(Value::Array(a.clone()))
+            }
+            Some(v) => bail!(
+                "pretrained_cfg.{k} must be a list of 3 numbers (one per RGB channel), found {v}"
+            ),
         }
     };
-    let resample = get("interpolation")
-        .and_then(Value::as_str)
-        .map(pil_resample)
-        .unwrap_or(3);
-    json!({
+    let resample = match get("interpolation") {
+        None => 3,
+        Some(Value::String(s)) => pil_resample(s),
+        Some(v) => {
+            bail!("pretrained_cfg.interpolation must be a name such as \"bicubic\", found {v}")
+        }
+    };
+    let crop_pct = match get("crop_pct") {
+        None => TimmEval::default().crop_pct,
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| anyhow!("pretrained_cfg.crop_pct must be a number, found {v}"))?,
+    };
+    let crop_mode = match get("crop_mode") {
+        None => CropMode::Center,
+        Some(v) => crop_mode_from(v).context("in pretrained_cfg")?,
+    };
+    let eval = TimmEval::new(crop_pct, crop_mode).context("in pretrained_cfg")?;
+    Ok(json!({
         "do_normalize": true,
         "do_rescale": true,
         "do_resize": true,
-        "image_mean": triple("mean", 0.5),
+        "image_mean": triple("mean", IMAGENET_DEFAULT_MEAN)?,
         "image_processor_type": "ViTImageProcessor",
-        "image_std": triple("std", 0.5),
+        "image_std": triple("std", IMAGENET_DEFAULT_STD)?,
         "resample": resample,
         "rescale_factor": 1.0 / 255.0,
         "size": {"height": h, "width": w},
-    })
+        EVAL_TRANSFORM_KEY: EvalTransform::Timm(eval).to_json(),
+    }))
 }
 
 /// Loads a timm ViT whose tensors are in `found` and whose timm `config.json` is `json`.
@@ -382,7 +424,8 @@ pub(super) fn load(
         );
     }
 
-    let preprocessor = preprocessor_from(json.get("pretrained_cfg"), image_size);
+    let preprocessor = preprocessor_from(json.get("pretrained_cfg"), image_size)
+        .with_context(|| format!("{cfg_name}: pretrained_cfg"))?;
     Ok(Checkpoint {
         config,
         tensors,
@@ -428,18 +471,47 @@ mod tests {
     fn preprocessor_from_pretrained_cfg() {
         let p = preprocessor_from(
             Some(
-                &json!({"input_size": [3, 384, 384], "interpolation": "bicubic",
-                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
+                &json!({"input_size": [3, 384, 384], "interpolation": "bilinear",
+                         "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                         "crop_pct": 0.9, "crop_mode": "squash"}),
             ),
             224,
-        );
+        )
+        .unwrap();
         assert_eq!(p["size"], json!({"height": 384, "width": 384}));
-        assert_eq!(p["resample"], 3);
-        assert_eq!(p["image_mean"], json!([0.485, 0.456, 0.406]));
+        assert_eq!(p["resample"], 2);
+        assert_eq!(p["image_mean"], json!([0.5, 0.5, 0.5]));
         assert_eq!(p["image_processor_type"], "ViTImageProcessor");
-        let d = preprocessor_from(None, 32);
-        assert_eq!(d["size"]["width"], 32);
-        assert_eq!(d["image_std"], json!([0.5, 0.5, 0.5]));
+        assert_eq!(
+            p[EVAL_TRANSFORM_KEY],
+            json!({"timm": {"crop_pct": 0.9, "crop_mode": "squash"}})
+        );
+        // resolve_data_config's defaults: bicubic, ImageNet mean/std, crop_pct 0.875, center;
+        // null, 0 and empty values count as missing.
+        let cfg = json!({"crop_pct": 0, "crop_mode": "", "mean": null});
+        for d in [
+            preprocessor_from(None, 32),
+            preprocessor_from(Some(&cfg), 32),
+        ] {
+            let d = d.unwrap();
+            assert_eq!(d["size"]["width"], 32);
+            assert_eq!(d["resample"], 3);
+            assert_eq!(d["image_mean"], json!([0.485, 0.456, 0.406]));
+            assert_eq!(d["image_std"], json!([0.229, 0.224, 0.225]));
+            assert_eq!(
+                d[EVAL_TRANSFORM_KEY],
+                json!({"timm": {"crop_pct": 0.875, "crop_mode": "center"}})
+            );
+        }
         assert_eq!(pil_resample("bilinear"), 2);
+        for bad in [
+            json!({"crop_pct": -1.0}),
+            json!({"crop_pct": "0.9"}),
+            json!({"crop_mode": "middle"}),
+            json!({"mean": [0.5, 0.5]}),
+            json!({"interpolation": 3}),
+        ] {
+            assert!(preprocessor_from(Some(&bad), 32).is_err(), "{bad}");
+        }
     }
 }

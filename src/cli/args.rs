@@ -2,6 +2,7 @@
 //! library enums, the adapter, and the environment variables, so that bad input is a clap
 //! error (exit code 2) before any model or GPU is loaded.
 
+use crate::data::EvalTransform;
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
 use crate::train::{Range, Schedule};
@@ -42,6 +43,12 @@ pub fn output_dir(s: &str) -> Result<PathBuf, String> {
 /// `f32` or `f16`.
 pub fn precision() -> impl TypedValueParser<Value = Precision> {
     PossibleValuesParser::new(Precision::NAMES.map(|(n, _)| n)).try_map(|s| s.parse::<Precision>())
+}
+
+/// `squash` or `center-crop`.
+pub fn eval_transform() -> impl TypedValueParser<Value = EvalTransform> {
+    PossibleValuesParser::new(EvalTransform::NAMES.map(|(n, _)| n))
+        .try_map(|s| s.parse::<EvalTransform>())
 }
 
 /// `cosine`, `linear` or `constant`.

@@ -2,6 +2,7 @@
 //! classifier on a labelled folder.
 
 use super::args;
+use crate::data::EvalTransform;
 use crate::eval::{evaluate, EvalOptions, Scope};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
@@ -32,6 +33,10 @@ pub struct EvalArgs {
     /// Also write the metrics as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// How images are fitted to the model's input: `squash` (ViTImageProcessor's resize) or
+    /// `center-crop` (torchvision Resize + CenterCrop). Default: the checkpoint's own.
+    #[arg(long, value_parser = args::eval_transform())]
+    pub eval_transform: Option<EvalTransform>,
 }
 
 /// Prints the metrics; exit code 1 when an image could not be read or gave inf/NaN logits.
@@ -44,6 +49,7 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
         precision: a.precision,
         res: a.res,
         verbose: super::verbose(),
+        eval_transform: a.eval_transform,
     };
     let r = evaluate(&opts, adapter)?;
     for (image, why) in &r.failed {

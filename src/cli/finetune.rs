@@ -2,6 +2,7 @@
 //! `TrainOptions`; Ctrl-C handling; exit codes (1 when training diverged, 130 on Ctrl-C).
 
 use super::args::{self, count, output_dir, real};
+use crate::data::EvalTransform;
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
 use crate::train::{self, ClassWeights, Diverged, Mode, Range, Schedule, TrainOptions};
@@ -103,9 +104,14 @@ pub struct FinetuneArgs {
     /// Seed of shuffling, augmentation, the validation split and new weights.
     #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     pub seed: u64,
-    /// Turn off RandomResizedCrop + horizontal flip (then the deterministic resize is used).
+    /// Turn off RandomResizedCrop + horizontal flip (then the eval transform is used).
     #[arg(long)]
     pub no_augment: bool,
+    /// How validation images are fitted to the model's input, saved with the checkpoint:
+    /// `squash` (ViTImageProcessor's resize) or `center-crop` (torchvision Resize +
+    /// CenterCrop). Default: the checkpoint's own (timm's crop for timm checkpoints).
+    #[arg(long, value_parser = args::eval_transform())]
+    pub eval_transform: Option<EvalTransform>,
     /// Keep a fixed order: classes by name, files by name.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -153,6 +159,7 @@ impl FinetuneArgs {
             label_smoothing: self.label_smoothing,
             class_weights: self.class_weights.clone(),
             layer_decay: self.layer_decay,
+            eval_transform: self.eval_transform,
             verbose: super::verbose(),
         }
     }

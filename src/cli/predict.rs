@@ -1,7 +1,7 @@
 //! `vitgpu predict`: top-k labels (text) or logits and probabilities (JSON) of image files.
 
 use super::args;
-use crate::data::{self, Sample, Source};
+use crate::data::{self, EvalTransform, Sample, Source};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, softmax, Precision};
 use anyhow::{bail, Result};
@@ -37,6 +37,10 @@ pub struct PredictArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// How images are fitted to the model's input: `squash` (ViTImageProcessor's resize) or
+    /// `center-crop` (torchvision Resize + CenterCrop). Default: the checkpoint's own.
+    #[arg(long, value_parser = args::eval_transform())]
+    pub eval_transform: Option<EvalTransform>,
     /// Image files or directories (walked recursively).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -54,7 +58,10 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
             data::IMAGE_EXTENSIONS.join(" .")
         );
     }
-    let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
+    let (gpu, vit, mut pre) = open_model(&a.model, adapter, a.precision, a.res)?;
+    if let Some(t) = a.eval_transform {
+        pre.eval_transform = t;
+    }
     let samples: Vec<Sample> = paths
         .iter()
         .map(|p| Sample {

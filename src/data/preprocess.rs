@@ -1,5 +1,7 @@
-//! CPU image pipeline matching Hugging Face `ViTImageProcessor` after decoding (see
-//! [`super::decode`]): PIL-exact `Image.resize`, rescale and normalise to (3, H, W) f32.
+//! CPU image pipeline after decoding (see [`super::decode`]): PIL-exact `Image.resize`, the
+//! evaluation transforms ([`EvalTransform`]: Hugging Face `ViTImageProcessor`'s squash,
+//! torchvision's `Resize` + `CenterCrop`, timm's `transforms_imagenet_eval`), rescale and
+//! normalise to (3, H, W) f32.
 //!
 //! The resampler re-implements the arithmetic of Pillow's `libImaging/Resample.c`
 //! (8-bit path: separable two-pass convolution with 22-bit fixed-point weights, rounding
@@ -31,6 +33,158 @@ pub struct PreprocessorConfig {
     pub do_normalize: bool,
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// How evaluation and prediction fit an image to height×width (saved as the extra key
+    /// [`EVAL_TRANSFORM_KEY`], which transformers keeps as an unused attribute).
+    pub eval_transform: EvalTransform,
+}
+
+/// The key of `preprocessor_config.json` that records a non-default [`EvalTransform`].
+pub const EVAL_TRANSFORM_KEY: &str = "vitgpu_eval_transform";
+
+/// How timm's eval transform crops (`pretrained_cfg["crop_mode"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CropMode {
+    /// Resize the shorter side to size / crop_pct (aspect ratio kept), crop the centre.
+    #[default]
+    Center,
+    /// Resize both sides to size / crop_pct (aspect ratio not kept), crop the centre.
+    Squash,
+    /// Resize the longer side to size / crop_pct, pad with the mean colour, crop the centre.
+    Border,
+}
+
+impl CropMode {
+    /// The name timm uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            CropMode::Center => "center",
+            CropMode::Squash => "squash",
+            CropMode::Border => "border",
+        }
+    }
+}
+
+/// timm's `transforms_imagenet_eval` settings beyond size, interpolation and mean/std.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TimmEval {
+    /// Output size / resize size, > 0 (timm's default 0.875).
+    pub crop_pct: f64,
+    /// How the resized image is cropped.
+    pub crop_mode: CropMode,
+}
+
+impl Default for TimmEval {
+    fn default() -> Self {
+        TimmEval {
+            crop_pct: 0.875,
+            crop_mode: CropMode::Center,
+        }
+    }
+}
+
+/// How an image becomes the model's height×width input for evaluation and prediction
+/// (training augmentation has its own random crop).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalTransform {
+    /// `ViTImageProcessor`: resize straight to height×width (the aspect ratio is not kept).
+    #[default]
+    Squash,
+    /// torchvision `Resize(size)` + `CenterCrop(size)`: the shorter side to the size (aspect
+    /// ratio kept), then the centre; `ToTensor` + `Normalize`.
+    CenterCrop,
+    /// timm's `transforms_imagenet_eval` (from a timm checkpoint's `pretrained_cfg`).
+    Timm(TimmEval),
+}
+
+impl EvalTransform {
+    /// The names `--eval-transform` accepts, with their transforms.
+    pub const NAMES: [(&'static str, EvalTransform); 2] = [
+        ("squash", EvalTransform::Squash),
+        ("center-crop", EvalTransform::CenterCrop),
+    ];
+
+    /// A short description ("squash", "center-crop", "timm (crop_pct 0.9, center)").
+    pub fn describe(&self) -> String {
+        match self {
+            EvalTransform::Squash => "squash".into(),
+            EvalTransform::CenterCrop => "center-crop".into(),
+            EvalTransform::Timm(t) => {
+                format!("timm (crop_pct {}, {})", t.crop_pct, t.crop_mode.name())
+            }
+        }
+    }
+
+    /// The JSON value saved under [`EVAL_TRANSFORM_KEY`]: `"squash"`, `"center-crop"` or
+    /// `{"timm": {"crop_pct": 0.9, "crop_mode": "center"}}`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            EvalTransform::Squash => json!("squash"),
+            EvalTransform::CenterCrop => json!("center-crop"),
+            EvalTransform::Timm(t) => {
+                json!({"timm": {"crop_pct": t.crop_pct, "crop_mode": t.crop_mode.name()}})
+            }
+        }
+    }
+
+    /// Parses what [`EvalTransform::to_json`] writes.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let what = "`vitgpu_eval_transform` must be \"squash\", \"center-crop\" or \
+                    {\"timm\": {\"crop_pct\": P, \"crop_mode\": M}}";
+        if let Some(s) = v.as_str() {
+            return s.parse().map_err(|e: String| anyhow!("{what}: {e}"));
+        }
+        let t = match v.as_object().and_then(|o| o.get("timm")) {
+            Some(Value::Object(t)) if v.as_object().is_some_and(|o| o.len() == 1) => t,
+            _ => bail!("{what}, found {v}"),
+        };
+        let crop_pct = match t.get("crop_pct") {
+            None | Some(Value::Null) => TimmEval::default().crop_pct,
+            Some(p) => p
+                .as_f64()
+                .ok_or_else(|| anyhow!("{what}: crop_pct must be a number, found {p}"))?,
+        };
+        let crop_mode = match t.get("crop_mode") {
+            None | Some(Value::Null) => CropMode::Center,
+            Some(m) => crop_mode_from(m)?,
+        };
+        Ok(EvalTransform::Timm(TimmEval::new(crop_pct, crop_mode)?))
+    }
+}
+
+impl TimmEval {
+    /// Checks `crop_pct` (finite and > 0).
+    pub fn new(crop_pct: f64, crop_mode: CropMode) -> Result<Self> {
+        if !(crop_pct.is_finite() && crop_pct > 0.0) {
+            bail!("timm crop_pct must be a finite number > 0 (output size / resize size), found {crop_pct}");
+        }
+        Ok(TimmEval {
+            crop_pct,
+            crop_mode,
+        })
+    }
+}
+
+/// timm's `crop_mode` names.
+pub fn crop_mode_from(v: &Value) -> Result<CropMode> {
+    match v.as_str() {
+        Some("center") => Ok(CropMode::Center),
+        Some("squash") => Ok(CropMode::Squash),
+        Some("border") => Ok(CropMode::Border),
+        _ => bail!("timm crop_mode must be \"center\", \"squash\" or \"border\", found {v}"),
+    }
+}
+
+impl std::str::FromStr for EvalTransform {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        EvalTransform::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|&(_, t)| t)
+            .ok_or_else(|| format!("unknown eval transform '{s}': use squash or center-crop"))
+    }
 }
 
 impl Default for PreprocessorConfig {
@@ -45,6 +199,7 @@ impl Default for PreprocessorConfig {
             do_normalize: true,
             image_mean: [0.5; 3],
             image_std: [0.5; 3],
+            eval_transform: EvalTransform::Squash,
         }
     }
 }
@@ -167,7 +322,12 @@ impl PreprocessorConfig {
         if image_std.contains(&0.0) {
             bail!("`image_std` must not contain 0 (it divides the pixel values)");
         }
+        let eval_transform = match obj.get(EVAL_TRANSFORM_KEY) {
+            None | Some(Value::Null) => d.eval_transform,
+            Some(v) => EvalTransform::from_json(v)?,
+        };
         Ok(PreprocessorConfig {
+            eval_transform,
             do_resize: json_bool(obj, "do_resize", d.do_resize)?,
             height,
             width,
@@ -180,9 +340,10 @@ impl PreprocessorConfig {
         })
     }
 
-    /// The Hugging Face `ViTImageProcessor` JSON form of this configuration.
+    /// The Hugging Face `ViTImageProcessor` JSON form of this configuration; a non-default
+    /// [`EvalTransform`] is added under [`EVAL_TRANSFORM_KEY`].
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "do_convert_rgb": true,
             "do_normalize": self.do_normalize,
             "do_rescale": self.do_rescale,
@@ -193,7 +354,21 @@ impl PreprocessorConfig {
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
             "size": {"height": self.height, "width": self.width},
-        })
+        });
+        if self.eval_transform != EvalTransform::Squash {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(EVAL_TRANSFORM_KEY.into(), self.eval_transform.to_json());
+            }
+        }
+        v
+    }
+
+    /// The same configuration with another evaluation transform.
+    pub fn with_eval_transform(&self, eval_transform: EvalTransform) -> Self {
+        PreprocessorConfig {
+            eval_transform,
+            ..self.clone()
+        }
     }
 
     /// The same configuration with another output size.
@@ -532,15 +707,159 @@ pub fn normalize_chw(img: &RgbImage, cfg: &PreprocessorConfig) -> Vec<f32> {
     out
 }
 
-/// (3, H, W) f32 pixel values as `ViTImageProcessor` produces them: resize straight to
-/// (cfg.height, cfg.width) with PIL (if `do_resize`), rescale, normalise. No crop.
+/// torchvision's `ToTensor` + `Normalize` (as timm's eval transform and the tutorials' val
+/// transform run them): `u8 / 255` in f32, then `(v - mean) / std` in f32 when
+/// `cfg.do_normalize`. (`ToTensor` always scales by 1/255, whatever `do_rescale` says.)
+pub fn to_tensor_normalize(img: &RgbImage, cfg: &PreprocessorConfig) -> Vec<f32> {
+    normalize_chw(
+        img,
+        &PreprocessorConfig {
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            ..cfg.clone()
+        },
+    )
+}
+
+/// (3, cfg.height, cfg.width) f32 pixel values for evaluation and prediction, by
+/// `cfg.eval_transform`: [`EvalTransform::Squash`] is `ViTImageProcessor` (resize straight to
+/// the size with PIL if `do_resize`, rescale, normalise: no crop); [`EvalTransform::CenterCrop`]
+/// and [`EvalTransform::Timm`] always resize and crop (see [`eval_geometry`]), then
+/// [`to_tensor_normalize`].
 pub fn pixel_values(img: &RgbImage, cfg: &PreprocessorConfig) -> Vec<f32> {
-    if cfg.do_resize {
-        let resized = resize_pil(img, cfg.width as u32, cfg.height as u32, cfg.resample);
-        normalize_chw(&resized, cfg)
-    } else {
-        normalize_chw(img, cfg)
+    match cfg.eval_transform {
+        EvalTransform::Squash if !cfg.do_resize => normalize_chw(img, cfg),
+        EvalTransform::Squash => {
+            let resized = resize_pil(img, cfg.width as u32, cfg.height as u32, cfg.resample);
+            normalize_chw(&resized, cfg)
+        }
+        _ => to_tensor_normalize(&eval_geometry(img, cfg), cfg),
     }
+}
+
+/// The u8 image the crop-based eval transforms feed to `ToTensor`, cfg.height × cfg.width:
+///
+/// - [`EvalTransform::CenterCrop`]: torchvision `Resize(size, resample)` (shorter side to
+///   `size`, longer side `int(size * long / short)`) + `CenterCrop(size)`. For a non-square
+///   size the image is scaled (aspect ratio kept, sides rounded) to cover it, then cropped.
+/// - [`EvalTransform::Timm`]: timm 1.0's `transforms_imagenet_eval` with
+///   `scale_size = floor(size / crop_pct)` per side: `center` resizes the shorter side to it
+///   (as torchvision's `Resize(int)`; for a non-square size timm's `ResizeKeepRatio`, which is
+///   always bilinear), `squash` resizes both sides to it, `border` resizes the longer side to it
+///   (`ResizeKeepRatio(longest=1)`) and pads with the mean colour `round(255 * mean)`; then the
+///   centre crop (`int(round((h - th) / 2))`, zero padding where the image is smaller).
+/// - [`EvalTransform::Squash`]: PIL's resize straight to the size.
+pub fn eval_geometry(img: &RgbImage, cfg: &PreprocessorConfig) -> RgbImage {
+    let (th, tw) = (cfg.height, cfg.width);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let resize = |(nh, nw): (usize, usize), filter: u32| {
+        // torchvision returns the image itself when the size already matches; so does PIL.
+        resize_pil(img, nw.max(1) as u32, nh.max(1) as u32, filter)
+    };
+    match cfg.eval_transform {
+        EvalTransform::Squash => resize((th, tw), cfg.resample),
+        EvalTransform::CenterCrop => {
+            let size = if th == tw {
+                shorter_side_to(h, w, th)
+            } else {
+                keep_ratio((h, w), (th, tw), 0.0)
+            };
+            center_crop_or_pad(&resize(size, cfg.resample), th, tw, [0; 3])
+        }
+        EvalTransform::Timm(t) => {
+            let scale = (
+                (th as f64 / t.crop_pct).floor() as usize,
+                (tw as f64 / t.crop_pct).floor() as usize,
+            );
+            match t.crop_mode {
+                CropMode::Squash => {
+                    center_crop_or_pad(&resize(scale, cfg.resample), th, tw, [0; 3])
+                }
+                CropMode::Border => {
+                    let fill = cfg
+                        .image_mean
+                        .map(|m| round_half_even(255.0 * m as f64).clamp(0, 255) as u8);
+                    let size = keep_ratio((h, w), scale, 1.0);
+                    center_crop_or_pad(&resize(size, cfg.resample), th, tw, fill)
+                }
+                CropMode::Center if scale.0 == scale.1 => {
+                    let size = shorter_side_to(h, w, scale.0);
+                    center_crop_or_pad(&resize(size, cfg.resample), th, tw, [0; 3])
+                }
+                CropMode::Center => {
+                    // timm builds `ResizeKeepRatio(scale_size)` here without passing the
+                    // interpolation: it is bilinear whatever pretrained_cfg says.
+                    let size = keep_ratio((h, w), scale, 0.0);
+                    center_crop_or_pad(&resize(size, RESAMPLE_BILINEAR), th, tw, [0; 3])
+                }
+            }
+        }
+    }
+}
+
+/// Python's `round(v)` on a float: half to even.
+fn round_half_even(v: f64) -> i64 {
+    let r = v.round_ties_even();
+    if r.is_finite() {
+        r as i64
+    } else {
+        0
+    }
+}
+
+/// torchvision's `Resize(size)` output (height, width) for an int size: the shorter side
+/// becomes `size`, the longer `int(size * long / short)` (truncated).
+pub fn shorter_side_to(h: usize, w: usize, size: usize) -> (usize, usize) {
+    if h == 0 || w == 0 {
+        return (size, size);
+    }
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = ((size * long) as f64 / short as f64) as usize;
+    if w <= h {
+        (new_long, size)
+    } else {
+        (size, new_long)
+    }
+}
+
+/// timm's `ResizeKeepRatio.get_params` (no randomness): the ratio is
+/// `max(h/th, w/tw) * longest + min(h/th, w/tw) * (1 - longest)`, each side `round(side / ratio)`.
+pub fn keep_ratio(
+    (h, w): (usize, usize),
+    (th, tw): (usize, usize),
+    longest: f64,
+) -> (usize, usize) {
+    if h == 0 || w == 0 || th == 0 || tw == 0 {
+        return (th, tw);
+    }
+    let (rh, rw) = (h as f64 / th as f64, w as f64 / tw as f64);
+    let ratio = rh.max(rw) * longest + rh.min(rw) * (1.0 - longest);
+    let side = |x: usize| round_half_even(x as f64 / ratio).max(0) as usize;
+    (side(h), side(w))
+}
+
+/// torchvision's `center_crop` / timm's `center_crop_or_pad` on a PIL image: where the image is
+/// smaller than th×tw it is first padded (left/top `(d) // 2`, right/bottom `(d + 1) // 2`) with
+/// `fill`; then the crop starts at `int(round((h - th) / 2))` (half to even), likewise for x.
+pub fn center_crop_or_pad(img: &RgbImage, th: usize, tw: usize, fill: [u8; 3]) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if tw > w || th > h {
+        let left = if tw > w { (tw - w) / 2 } else { 0 };
+        let top = if th > h { (th - h) / 2 } else { 0 };
+        let right = if tw > w { (tw - w).div_ceil(2) } else { 0 };
+        let bottom = if th > h { (th - h).div_ceil(2) } else { 0 };
+        let (pw, ph) = (w + left + right, h + top + bottom);
+        let mut padded = RgbImage::from_pixel(pw as u32, ph as u32, image::Rgb(fill));
+        image::imageops::replace(&mut padded, img, left as i64, top as i64);
+        if (pw, ph) == (tw, th) {
+            return padded;
+        }
+        // Now at least th×tw: the crop below.
+        return center_crop_or_pad(&padded, th, tw, fill);
+    }
+    let top = round_half_even((h - th) as f64 / 2.0) as u32;
+    let left = round_half_even((w - tw) as f64 / 2.0) as u32;
+    image::imageops::crop_imm(img, left, top, tw as u32, th as u32).to_image()
 }
 
 #[cfg(test)]
@@ -727,5 +1046,124 @@ mod tests {
         assert_eq!(j["do_convert_rgb"], true);
         assert_eq!(j["image_mean"][0].as_f64(), Some(0.485));
         assert_eq!(PreprocessorConfig::from_json(&j).unwrap(), c);
+    }
+
+    #[test]
+    fn torchvision_and_timm_resize_sizes() {
+        // Resize(35) on 451×300: short side 35, long int(35 * 451 / 300) = int(52.616) = 52.
+        assert_eq!(shorter_side_to(300, 451, 35), (35, 52));
+        assert_eq!(shorter_side_to(451, 300, 35), (52, 35));
+        assert_eq!(shorter_side_to(10, 10, 4), (4, 4));
+        // Truncation, not rounding: int(3 * 5 / 2) = int(7.5) = 7.
+        assert_eq!(shorter_side_to(2, 5, 3), (3, 7));
+        // ResizeKeepRatio rounds half to even: longest 1 on 451×300 to 35 → ratio 451/35.
+        assert_eq!(keep_ratio((300, 451), (35, 35), 1.0), (23, 35));
+        assert_eq!(keep_ratio((300, 451), (35, 35), 0.0), (35, 53));
+        // Ratio 2: 5 / 2 = 2.5 → 2 (even); 7 / 2 = 3.5 → 4.
+        assert_eq!(keep_ratio((10, 5), (5, 5), 1.0), (5, 2));
+        assert_eq!(keep_ratio((10, 7), (5, 5), 1.0), (5, 4));
+    }
+
+    #[test]
+    fn center_crop_offsets_round_half_to_even_and_pad() {
+        let img = ramp(52, 35);
+        // (52 - 32) / 2 = 10, (35 - 32) / 2 = 1.5 → 2.
+        let c = center_crop_or_pad(&img, 32, 32, [0; 3]);
+        assert_eq!(c.dimensions(), (32, 32));
+        assert_eq!(c.get_pixel(0, 0), img.get_pixel(10, 2));
+        // (37 - 32) / 2 = 2.5 → 2.
+        let img = ramp(37, 37);
+        assert_eq!(
+            center_crop_or_pad(&img, 32, 32, [0; 3]).get_pixel(0, 0),
+            img.get_pixel(2, 2)
+        );
+        // Smaller than the crop: padded left/top (d // 2), right/bottom ((d + 1) // 2), then
+        // the other side is cropped.
+        let img = ramp(5, 40);
+        let c = center_crop_or_pad(&img, 32, 8, [9, 8, 7]);
+        assert_eq!(c.dimensions(), (8, 32));
+        assert_eq!(c.get_pixel(0, 0).0, [9, 8, 7]);
+        assert_eq!(c.get_pixel(1, 0), img.get_pixel(0, 4));
+        assert_eq!(c.get_pixel(5, 31), img.get_pixel(4, 35));
+        assert_eq!(c.get_pixel(6, 0).0, [9, 8, 7]);
+        assert_eq!(c.get_pixel(7, 0).0, [9, 8, 7]);
+    }
+
+    #[test]
+    fn eval_geometry_by_transform() {
+        let img = ramp(45, 30);
+        let base = PreprocessorConfig::default().with_size(16, 16);
+        let timm = |pct, mode| {
+            base.with_eval_transform(EvalTransform::Timm(TimmEval::new(pct, mode).unwrap()))
+        };
+        // crop_pct 1 center = torchvision's Resize(16) + CenterCrop(16).
+        assert_eq!(
+            eval_geometry(&img, &timm(1.0, CropMode::Center)),
+            eval_geometry(&img, &base.with_eval_transform(EvalTransform::CenterCrop))
+        );
+        // Center: shorter side to floor(16 / 0.8) = 20 → 30×20, crop (7, 2).
+        let resized = resize_pil(&img, 30, 20, base.resample);
+        assert_eq!(
+            eval_geometry(&img, &timm(0.8, CropMode::Center)),
+            image::imageops::crop_imm(&resized, 7, 2, 16, 16).to_image()
+        );
+        // Squash: both sides to 20, crop (2, 2).
+        let resized = resize_pil(&img, 20, 20, base.resample);
+        assert_eq!(
+            eval_geometry(&img, &timm(0.8, CropMode::Squash)),
+            image::imageops::crop_imm(&resized, 2, 2, 16, 16).to_image()
+        );
+        // Border with crop_pct 1: longer side to 16 (16×11), padded with round(255 * 0.5) = 128
+        // (half to even: 127.5 → 128) 2 rows above, 3 below.
+        let b = eval_geometry(&img, &timm(1.0, CropMode::Border));
+        let resized = resize_pil(&img, 16, 11, base.resample);
+        assert_eq!(b.get_pixel(0, 0).0, [128; 3]);
+        assert_eq!(b.get_pixel(5, 2), resized.get_pixel(5, 0));
+        assert_eq!(b.get_pixel(5, 12), resized.get_pixel(5, 10));
+        assert_eq!(b.get_pixel(5, 13).0, [128; 3]);
+        // Squash is ViTImageProcessor's resize.
+        assert_eq!(
+            eval_geometry(&img, &base),
+            resize_pil(&img, 16, 16, base.resample)
+        );
+        assert_eq!(pixel_values(&img, &base).len(), 3 * 16 * 16);
+    }
+
+    #[test]
+    fn eval_transform_json_and_names() {
+        let t = EvalTransform::Timm(TimmEval::new(0.9, CropMode::Border).unwrap());
+        let c = PreprocessorConfig::default().with_eval_transform(t);
+        let j = c.to_json();
+        assert_eq!(
+            j[EVAL_TRANSFORM_KEY],
+            json!({"timm": {"crop_pct": 0.9, "crop_mode": "border"}})
+        );
+        assert_eq!(PreprocessorConfig::from_json(&j).unwrap(), c);
+        // serde (the run file) writes the same form.
+        assert_eq!(serde_json::to_value(t).unwrap(), t.to_json());
+        let cc = PreprocessorConfig::default().with_eval_transform(EvalTransform::CenterCrop);
+        assert_eq!(cc.to_json()[EVAL_TRANSFORM_KEY], "center-crop");
+        assert_eq!(PreprocessorConfig::from_json(&cc.to_json()).unwrap(), cc);
+        // The default writes nothing: a plain ViTImageProcessor config.
+        assert!(PreprocessorConfig::default()
+            .to_json()
+            .get(EVAL_TRANSFORM_KEY)
+            .is_none());
+        assert_eq!("center-crop".parse(), Ok(EvalTransform::CenterCrop));
+        assert_eq!("SQUASH".parse(), Ok(EvalTransform::Squash));
+        assert!("timm".parse::<EvalTransform>().is_err());
+        assert_eq!(t.describe(), "timm (crop_pct 0.9, border)");
+        for bad in [
+            json!("crop"),
+            json!(3),
+            json!({"timm": {"crop_pct": 0}}),
+            json!({"timm": {"crop_mode": "middle"}}),
+            json!({"timm": {}, "other": 1}),
+        ] {
+            assert!(
+                PreprocessorConfig::from_json(&json!({ EVAL_TRANSFORM_KEY: bad })).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

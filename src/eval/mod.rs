@@ -3,7 +3,7 @@
 
 pub mod metrics;
 
-use crate::data::{Dataset, Sample, Unreadable};
+use crate::data::{Dataset, EvalTransform, Sample, Unreadable};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, Precision};
 use anyhow::{bail, Context, Result};
@@ -27,6 +27,9 @@ pub struct EvalOptions {
     pub res: Option<usize>,
     /// List every file the data walk skipped (else a count).
     pub verbose: bool,
+    /// How images are fitted to the model's input; None: the checkpoint's own (its
+    /// preprocessor_config.json, timm's `pretrained_cfg`).
+    pub eval_transform: Option<EvalTransform>,
 }
 
 /// Which images of the data folder were scored.
@@ -59,7 +62,10 @@ pub struct EvalReport {
 /// Scores a classifier on a labelled folder: errors when no image of it can be read.
 pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalReport> {
     let (ds, samples, scope) = eval_samples(opts)?;
-    let (gpu, vit, pre) = open_model(&opts.model, adapter, opts.precision, opts.res)?;
+    let (gpu, vit, mut pre) = open_model(&opts.model, adapter, opts.precision, opts.res)?;
+    if let Some(t) = opts.eval_transform {
+        pre.eval_transform = t;
+    }
     let labels = vit.config().id2label.clone();
     let samples = relabel(samples, &ds.classes, &labels)?;
     let out = predict_samples(&gpu, &vit, &pre, &samples, opts.batch_size)?;

@@ -51,6 +51,11 @@ pub fn finetune(opts: &TrainOptions, adapter: &AdapterChoice, stop: &AtomicBool)
     opts.validate()?;
     output::check(opts)?;
     let setup = setup::prepare(opts)?;
+    // The run file records the transform validation uses: the checkpoint's own, unless given.
+    let opts = &TrainOptions {
+        eval_transform: Some(setup.pre.eval_transform),
+        ..opts.clone()
+    };
     let plan = Plan::new(opts, setup.dataset.train.len());
     if stop.load(Ordering::SeqCst) {
         return Ok(Report {

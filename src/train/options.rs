@@ -2,6 +2,7 @@
 //! range of every numeric option, checked before anything is loaded.
 
 use super::optim::Schedule;
+use crate::data::EvalTransform;
 use crate::infer::Precision;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -140,6 +141,9 @@ pub struct TrainOptions {
     pub class_weights: ClassWeights,
     /// Layer-wise learning-rate decay ρ in (0, 1]: layer id l trains at lr·ρ^(L+1−l).
     pub layer_decay: Option<f64>,
+    /// How validation (and non-augmented training) images are fitted to the input, saved in
+    /// the checkpoint's preprocessor_config.json; None: the starting checkpoint's own.
+    pub eval_transform: Option<EvalTransform>,
 }
 
 impl Default for TrainOptions {
@@ -176,6 +180,7 @@ impl Default for TrainOptions {
             label_smoothing: 0.0,
             class_weights: ClassWeights::None,
             layer_decay: None,
+            eval_transform: None,
         }
     }
 }

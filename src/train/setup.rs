@@ -22,7 +22,8 @@ pub struct Setup {
     pub host: HostParams,
     /// Training, validation and test samples.
     pub dataset: Dataset,
-    /// Preprocessing at the training resolution.
+    /// Preprocessing at the training resolution, with the evaluation transform that
+    /// validation (and training without augmentation) uses.
     pub pre: PreprocessorConfig,
     /// Dtype of the saved checkpoint: the input's.
     pub save_dtype: StoredDtype,
@@ -50,6 +51,9 @@ pub fn prepare(o: &TrainOptions) -> Result<Setup> {
         Some(dir) => from_checkpoint(dir, o.res)?,
         None => from_scratch(o, &mut rng)?,
     };
+    if let Some(t) = o.eval_transform {
+        start.pre.eval_transform = t;
+    }
     check_fits(&start.config, start.pre.height, o.mode)?;
     fit_head(&mut start, &dataset.classes, &mut rng)?;
     if let Some(p) = &start.non_finite {

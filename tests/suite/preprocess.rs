@@ -1,12 +1,13 @@
 //! Integration tests: decoding + PIL-exact resize + ViTImageProcessor pixel values against the
-//! PIL/transformers references in tests/fixtures (preprocess.safetensors, images/).
+//! PIL/transformers references in tests/fixtures (preprocess.safetensors, images/), and the
+//! timm / torchvision eval transforms against timm_preprocess.safetensors.
 
-use crate::common::{fixture_path, get, load_fixture, Fixture};
+use crate::common::{fixture_path, get, load_fixture, read_safetensors, Fixture};
 use image::RgbImage;
 use std::path::PathBuf;
 use vitgpu::data::{
-    collect_images, load_rgb, pixel_values, resize_pil, PreprocessorConfig, RESAMPLE_BICUBIC,
-    RESAMPLE_BILINEAR,
+    collect_images, load_rgb, pixel_values, resize_pil, CropMode, EvalTransform,
+    PreprocessorConfig, TimmEval, RESAMPLE_BICUBIC, RESAMPLE_BILINEAR,
 };
 
 /// Lossless sources: decoded pixels are the same as PIL's, so everything must match exactly.
@@ -379,6 +380,422 @@ fn lossless_re_encodings_decode_to_the_png_pixels() {
         assert!(
             load(f).as_raw() == png.as_raw(),
             "{f} decodes differently from cat.png"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Eval transforms: timm's transforms_imagenet_eval and torchvision's Resize + CenterCrop,
+// against pixels written by timm 1.0.12 / torchvision 0.20.1 (timm_preprocess.safetensors,
+// see tests/fixtures/TIMM_README).
+// ---------------------------------------------------------------------------
+
+const INCEPTION: ([f32; 3], [f32; 3]) = ([0.5; 3], [0.5; 3]);
+const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+
+/// TIMM_CASES of tools/make_fixtures.py: (case, crop_mode, crop_pct, PIL filter, (H, W),
+/// (mean, std), images).
+#[allow(clippy::type_complexity)]
+const TIMM_CASES: &[(
+    &str,
+    CropMode,
+    f64,
+    u32,
+    (usize, usize),
+    ([f32; 3], [f32; 3]),
+    &[&str],
+)] = &[
+    (
+        "center.p100.bicubic.32",
+        CropMode::Center,
+        1.0,
+        RESAMPLE_BICUBIC,
+        (32, 32),
+        INCEPTION,
+        ALL3,
+    ),
+    (
+        "center.p90.bicubic.32",
+        CropMode::Center,
+        0.9,
+        RESAMPLE_BICUBIC,
+        (32, 32),
+        IMAGENET,
+        ALL3,
+    ),
+    (
+        "center.p100.bilinear.32",
+        CropMode::Center,
+        1.0,
+        RESAMPLE_BILINEAR,
+        (32, 32),
+        IMAGENET,
+        ALL3,
+    ),
+    (
+        "center.p90.bilinear.33",
+        CropMode::Center,
+        0.9,
+        RESAMPLE_BILINEAR,
+        (33, 33),
+        INCEPTION,
+        ALL3,
+    ),
+    (
+        "center.p875.bicubic.24x40",
+        CropMode::Center,
+        0.875,
+        RESAMPLE_BICUBIC,
+        (24, 40),
+        IMAGENET,
+        &["cat", "portrait"],
+    ),
+    (
+        "squash.p90.bicubic.32",
+        CropMode::Squash,
+        0.9,
+        RESAMPLE_BICUBIC,
+        (32, 32),
+        IMAGENET,
+        &["cat", "portrait"],
+    ),
+    (
+        "border.p90.bicubic.32",
+        CropMode::Border,
+        0.9,
+        RESAMPLE_BICUBIC,
+        (32, 32),
+        IMAGENET,
+        &["cat", "portrait"],
+    ),
+    (
+        "border.p100.bilinear.31",
+        CropMode::Border,
+        1.0,
+        RESAMPLE_BILINEAR,
+        (31, 31),
+        INCEPTION,
+        &["rocket"],
+    ),
+];
+
+/// TV_CASES: (case, PIL filter, size, (mean, std)), on all three photos.
+const TV_CASES: &[(&str, u32, usize, ([f32; 3], [f32; 3]))] = &[
+    ("center_crop.bilinear.32", RESAMPLE_BILINEAR, 32, INCEPTION),
+    ("center_crop.bicubic.33", RESAMPLE_BICUBIC, 33, IMAGENET),
+];
+
+const ALL3: &[&str] = &["cat", "rocket", "portrait"];
+
+/// The fixture's photos: cat.png (451×300), rocket.jpg (640×427) and gray.png cropped to
+/// 300×451 at (100, 30), as PIL's `crop((100, 30, 400, 481))`.
+fn timm_photo(name: &str) -> RgbImage {
+    match name {
+        "cat" => load("cat.png"),
+        "rocket" => load("rocket.jpg"),
+        "portrait" => {
+            let gray = load("gray.png");
+            image::imageops::crop_imm(&gray, 100, 30, 300, 451).to_image()
+        }
+        other => panic!("no photo {other}"),
+    }
+}
+
+fn eval_cfg(
+    t: EvalTransform,
+    filter: u32,
+    (h, w): (usize, usize),
+    (mean, std): ([f32; 3], [f32; 3]),
+) -> PreprocessorConfig {
+    PreprocessorConfig {
+        resample: filter,
+        image_mean: mean,
+        image_std: std,
+        eval_transform: t,
+        ..PreprocessorConfig::default().with_size(h, w)
+    }
+}
+
+/// Compares against a fixture tensor. PIL's resampling is reproduced bit for bit and the
+/// ToTensor + Normalize arithmetic is the same f32 operations, so the pixels must be identical
+/// (the 1e-6 would also hide a one-level slip only where std is large; 0 hides nothing).
+fn check_pixels(st: &Fixture, key: &str, got: &[f32], (h, w): (usize, usize)) -> Option<String> {
+    let want = ref_f32(st, key, &[3, h, w]);
+    let (max, mean, i) = diff_f32(got, &want);
+    (max != 0.0).then(|| {
+        format!(
+            "{key}: max abs diff {max:e} at c={} y={} x={} (got {} want {}), mean {mean:e}",
+            i / (h * w),
+            i / w % h,
+            i % w,
+            got[i],
+            want[i]
+        )
+    })
+}
+
+#[test]
+fn timm_eval_transforms_match_timm_on_non_square_photos() {
+    let st = load_fixture("timm_preprocess.safetensors");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for &(case, mode, pct, filter, size, norm, names) in TIMM_CASES {
+        let t = EvalTransform::Timm(TimmEval::new(pct, mode).unwrap());
+        let cfg = eval_cfg(t, filter, size, norm);
+        for &n in names {
+            let got = pixel_values(&timm_photo(n), &cfg);
+            failures.extend(check_pixels(&st, &format!("timm.{n}.{case}"), &got, size));
+            checked += 1;
+        }
+    }
+    // Every timm reference in the file was compared.
+    assert_eq!(
+        checked,
+        st.keys().filter(|k| k.starts_with("timm.")).count()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn center_crop_matches_torchvision_resize_and_center_crop() {
+    let st = load_fixture("timm_preprocess.safetensors");
+    let mut failures = Vec::new();
+    for &(case, filter, size, norm) in TV_CASES {
+        let cfg = eval_cfg(EvalTransform::CenterCrop, filter, (size, size), norm);
+        for &n in ALL3 {
+            let got = pixel_values(&timm_photo(n), &cfg);
+            failures.extend(check_pixels(
+                &st,
+                &format!("tv.{n}.{case}"),
+                &got,
+                (size, size),
+            ));
+        }
+    }
+    assert_eq!(
+        TV_CASES.len() * ALL3.len(),
+        st.keys().filter(|k| k.starts_with("tv.")).count()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn squash_differs_from_the_crops_on_non_square_photos() {
+    // The fixtures above could not tell the transforms apart if they agreed; they do not.
+    let st = load_fixture("timm_preprocess.safetensors");
+    let cfg = eval_cfg(EvalTransform::Squash, RESAMPLE_BICUBIC, (32, 32), INCEPTION);
+    let squashed = pixel_values(&timm_photo("cat"), &cfg);
+    let crop = ref_f32(&st, "timm.cat.center.p100.bicubic.32", &[3, 32, 32]);
+    let (max, _, _) = diff_f32(&squashed, &crop);
+    assert!(
+        max > 0.1,
+        "squash and timm's crop agree on cat.png (max diff {max})"
+    );
+}
+
+/// A scratch copy of the portrait photo as a lossless PNG, for the command line.
+fn portrait_png(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("portrait.png");
+    timm_photo("portrait").save(&p).unwrap();
+    p
+}
+
+#[test]
+fn timm_checkpoint_preprocesses_as_its_pretrained_cfg() {
+    let dir = fixture_path("models/vit_timm_crop");
+    let ckpt = vitgpu::checkpoint::load(&dir).unwrap();
+    let pre = vitgpu::infer::preprocessor_for(&ckpt, None).unwrap();
+    assert_eq!(
+        pre.eval_transform,
+        EvalTransform::Timm(TimmEval::new(0.9, CropMode::Center).unwrap())
+    );
+    assert_eq!(
+        (pre.height, pre.width, pre.resample),
+        (32, 32, RESAMPLE_BICUBIC)
+    );
+    let r = read_safetensors(&dir.join("reference.safetensors"));
+    let (_, want) = get(&r, "pixel_values");
+    for (k, n) in ALL3.iter().enumerate() {
+        let got = pixel_values(&timm_photo(n), &pre);
+        let want = &want[k * 3 * 32 * 32..(k + 1) * 3 * 32 * 32];
+        let (max, _, i) = diff_f32(&got, want);
+        assert_eq!(max, 0.0, "{n}: pixel {i}: got {} want {}", got[i], want[i]);
+    }
+}
+
+#[test]
+fn timm_checkpoint_predicts_timm_logits_on_non_square_photos() {
+    let dir = fixture_path("models/vit_timm_crop");
+    let scratch_dir = scratch("timm-predict");
+    let portrait = portrait_png(&scratch_dir);
+    let images = [image_path("cat.png"), image_path("rocket.jpg"), portrait];
+    let predict = |extra: &[&str]| -> Vec<f32> {
+        let mut args = vec![
+            "predict",
+            "--model",
+            dir.to_str().unwrap(),
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(images.iter().map(|p| p.to_str().unwrap()));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["logits"].as_array().unwrap().clone())
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let r = read_safetensors(&dir.join("reference.safetensors"));
+    let (shape, want) = get(&r, "logits");
+    assert_eq!(shape, &[3, 3]);
+    // f32 model on identical pixels: the usual forward-pass tolerance (logits O(1)).
+    let got = predict(&[]);
+    let (max, _, i) = diff_f32(&got, want);
+    assert!(
+        max <= 1e-4,
+        "logit {i}: got {} want {} (max diff {max})",
+        got[i],
+        want[i]
+    );
+    // `--eval-transform squash` is ViTImageProcessor's resize: other pixels, other logits.
+    let squashed = predict(&["--eval-transform", "squash"]);
+    let (max, _, _) = diff_f32(&squashed, want);
+    assert!(max > 1e-3, "squash gave timm's logits (max diff {max})");
+    std::fs::remove_dir_all(&scratch_dir).ok();
+}
+
+fn vitgpu_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn read_json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// One fine-tuning step from `model` on the training fixture's images (16×20: not square).
+fn finetune_one_step(model: &str, out: &std::path::Path, extra: &[&str]) {
+    let data = fixture_path("train/data");
+    let model = fixture_path(model);
+    let mut args = vec![
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let o = vitgpu_cli(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_eval_transform_is_saved_with_the_run_and_read_back() {
+    use vitgpu::checkpoint::load as load_checkpoint;
+    use vitgpu::infer::preprocessor_for;
+    let dir = scratch("eval-transform");
+    // An HF checkpoint: squash unless asked; --eval-transform center-crop is saved in
+    // preprocessor_config.json (where predict and eval find it) and in the run file.
+    let out = dir.join("cc");
+    finetune_one_step("train/start", &out, &["--eval-transform", "center-crop"]);
+    let pre = read_json(&out.join("preprocessor_config.json"));
+    assert_eq!(pre["vitgpu_eval_transform"], "center-crop");
+    assert_eq!(pre["image_processor_type"], "ViTImageProcessor");
+    let run = read_json(&out.join("vitgpu_run.json"));
+    assert_eq!(run["options"]["eval_transform"], "center-crop");
+    let ck = load_checkpoint(&out).unwrap();
+    let p = preprocessor_for(&ck, None).unwrap();
+    assert_eq!(p.eval_transform, EvalTransform::CenterCrop);
+    // Fine-tuning that model again keeps its transform; `squash` puts the default back,
+    // which preprocessor_config.json no longer mentions.
+    let again = dir.join("again");
+    finetune_one_step(out.to_str().unwrap(), &again, &[]);
+    let pre = read_json(&again.join("preprocessor_config.json"));
+    assert_eq!(pre["vitgpu_eval_transform"], "center-crop");
+    let sq = dir.join("sq");
+    finetune_one_step(out.to_str().unwrap(), &sq, &["--eval-transform", "squash"]);
+    assert!(read_json(&sq.join("preprocessor_config.json"))
+        .get("vitgpu_eval_transform")
+        .is_none());
+    assert_eq!(
+        read_json(&sq.join("vitgpu_run.json"))["options"]["eval_transform"],
+        "squash"
+    );
+    // A timm checkpoint keeps timm's crop, now in Hugging Face files.
+    let t = dir.join("timm");
+    finetune_one_step("models/vit_timm_crop", &t, &[]);
+    let want = serde_json::json!({"timm": {"crop_pct": 0.9, "crop_mode": "center"}});
+    assert_eq!(
+        read_json(&t.join("preprocessor_config.json"))["vitgpu_eval_transform"],
+        want
+    );
+    assert_eq!(
+        read_json(&t.join("vitgpu_run.json"))["options"]["eval_transform"],
+        want
+    );
+    let p = preprocessor_for(&load_checkpoint(&t).unwrap(), None).unwrap();
+    assert_eq!(
+        (p.resample, p.image_mean),
+        (RESAMPLE_BICUBIC, [0.485, 0.456, 0.406])
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_eval_transform_values_are_refused_while_parsing() {
+    let img = image_path("cat.png");
+    let img = img.to_str().unwrap();
+    for args in [
+        vec![
+            "predict",
+            "--model",
+            "/nonexistent",
+            "--eval-transform",
+            "crop",
+            img,
+        ],
+        vec![
+            "eval",
+            "--model",
+            "/nonexistent",
+            "--data",
+            "/nonexistent",
+            "--eval-transform",
+            "timm",
+        ],
+        vec![
+            "finetune",
+            "--model",
+            "/nonexistent",
+            "--data",
+            "/nonexistent",
+            "--eval-transform",
+            "",
+        ],
+    ] {
+        let o = vitgpu_cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--eval-transform")
+                && err.contains("center-crop")
+                && !err.contains("nonexistent"),
+            "{args:?}: {err}"
         );
     }
 }
