@@ -9,6 +9,8 @@
 // Backward: `attention_backward_dq` (one thread per query row, loops over K/V tiles) writes dq
 // and delta = rowsum(dout ∘ out); `attention_backward_dkdv` (one thread per key row, loops
 // over tiles of q, dout, lse, delta) writes dk and dv. Probabilities are recomputed from lse.
+// Probabilities: `attention_probs_forward` writes the T×T matrix of each (b, h) from qkv and the
+// forward's lse (inference only, for attention maps): probs (B, H, T, T) f32.
 
 struct Params {
     batch: u32,
@@ -33,6 +35,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> DELTA: array<f32>;
 @group(0) @binding(8) var<storage, read> DELTA_IN: array<f32>;
 #tensor(9, DQKV, read_write, DQKV_F16)
+// (B, H, T, T) attention probabilities (attention_probs_forward).
+@group(0) @binding(10) var<storage, read_write> PROBS: array<f32>;
 
 // Head dim (even, ≤ D_MAX); an override so that the per-row loops have constant trip counts.
 override HD: u32 = 64u;
@@ -266,4 +270,24 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             st4_dqkv(gv, d, HD, dv[d]);
         }
     }
+}
+
+// probs[b, h, i, j] = exp(scale · q_i · k_j − lse_i): one thread per key j (WG keys per
+// workgroup along x), one query row (b, h, i) per workgroup over y and z (B·H·T rows).
+@compute @workgroup_size(WG)
+fn attention_probs_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = batch_head(wg, nwg);
+    let j = wg.x * WG + lid3.x;
+    if (row >= p.bh * p.t || j >= p.t) { return; }
+    let bh = row / p.t;
+    let i = row % p.t;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let qi = qkv_index(b, i, h, 0u);
+    let kj = qkv_index(b, j, h, 1u);
+    // Scaled as in attention_forward, so that the rows match its lse.
+    var s4 = vec4<f32>(0.0);
+    for (var d = 0u; d < HQ; d++) { s4 = fma(ld4_qkv(qi, d, HD) * p.scale, ld4_qkv(kj, d, HD), s4); }
+    PROBS[row * p.t + j] = exp(hsum(s4) - LSE_IN[row]);
 }

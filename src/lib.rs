@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod explain;
 pub mod gpu;
 pub mod infer;
 pub mod kernels;

@@ -100,6 +100,8 @@ pub struct Graph<'g> {
     vars: usize,
     /// False for evaluation: nothing is recorded even where parameters are trainable.
     grad_enabled: bool,
+    /// The attention probabilities (B, H, T, T) f32 of each attention op so far, when kept.
+    attention_probs: Option<Vec<GpuTensor>>,
 }
 
 impl<'g> Graph<'g> {
@@ -111,6 +113,7 @@ impl<'g> Graph<'g> {
             ops: Vec::new(),
             vars: 0,
             grad_enabled: true,
+            attention_probs: None,
         }
     }
 
@@ -120,6 +123,20 @@ impl<'g> Graph<'g> {
             grad_enabled: false,
             ..Graph::new(gpu, dtype)
         }
+    }
+
+    /// From now on every [`Graph::attention`] also writes its probabilities (B, H, T, T) f32
+    /// (transformers' `output_attentions`; T×T per head, so for inspection, not training).
+    pub fn keep_attention_probs(&mut self) {
+        self.attention_probs.get_or_insert_with(Vec::new);
+    }
+
+    /// The attention probabilities kept since [`Graph::keep_attention_probs`], in op order.
+    pub fn take_attention_probs(&mut self) -> Vec<GpuTensor> {
+        self.attention_probs
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn var(&mut self, record: bool) -> Option<Var> {
@@ -241,6 +258,11 @@ impl<'g> Graph<'g> {
         let out = self.alloc(&[b, t, c3 / 3])?;
         let lse = self.gpu.alloc(&[b, heads, t], DType::F32)?;
         kernels::attention::attention_forward(self.gpu, &out, &lse, &qkv.t, heads);
+        if self.attention_probs.is_some() {
+            let probs = self.gpu.alloc(&[b, heads, t, t], DType::F32)?;
+            kernels::attention::attention_probs_forward(self.gpu, &probs, &qkv.t, &lse, heads);
+            self.attention_probs.as_mut().unwrap().push(probs);
+        }
         let var = self.var(qkv.var.is_some());
         if let (Some(v), Some(qv)) = (var, qkv.var) {
             self.ops.push(Op::Attention {

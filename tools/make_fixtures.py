@@ -791,6 +791,46 @@ def gen_timm_preprocess():
     (FIX / "TIMM_README").write_text(TIMM_README)
 
 
+ATTENTIONS_README = (
+    "attentions.safetensors: transformers' `output_attentions=True` (eager attention) of "
+    "models/vit_tiny_cls on its reference.safetensors inputs: `attentions.{i}` (3, 3, 17, 17) for "
+    "`pixel_values` (3, 3, 32, 32), and `res.attentions.{i}` (3, 3, 16, 16) for `pixel_values_res` "
+    "(3, 3, 40, 24, interpolate_pos_encoding=True: a 5x3 patch grid), i = encoder layer, layout "
+    "(B, H, T, T) softmax probabilities, CLS at token 0. `rollout` (3, 16) and `res.rollout` "
+    "(3, 15): attention rollout (Abnar & Zuidema 2020) as vit-explain computes it: per layer "
+    "A = mean over heads, A = 0.5 A + 0.5 I, rows renormalised, R = A_L ... A_1; the CLS row of R "
+    "over the patch tokens (raster order), not rescaled.\n")
+
+
+def rollout_reference(attentions):
+    t = attentions[0].shape[-1]
+    eye = torch.eye(t, dtype=torch.float64)
+    r = eye.expand(attentions[0].shape[0], t, t)
+    for a in attentions:
+        a = a.double().mean(1)
+        a = 0.5 * a + 0.5 * eye
+        a = a / a.sum(-1, keepdim=True)
+        r = a @ r
+    return r[:, 0, 1:].float()
+
+
+def gen_attentions():
+    """Per-layer attention probabilities of a fixture model, and their rollout."""
+    d = MODELS / "vit_tiny_cls"
+    m = load(ViTForImageClassification, d)
+    ref = load_fixture_tensors(d / "reference.safetensors")
+    T = {}
+    with torch.no_grad():
+        for prefix, pv, kw in (("", ref["pixel_values"], {}),
+                               ("res.", ref["pixel_values_res"], {"interpolate_pos_encoding": True})):
+            o = m(pixel_values=pv, output_attentions=True, **kw)
+            for i, a in enumerate(o.attentions):
+                T[f"{prefix}attentions.{i}"] = a
+            T[f"{prefix}rollout"] = rollout_reference(o.attentions)
+    save(FIX / "attentions.safetensors", T)
+    (FIX / "ATTENTIONS_README").write_text(ATTENTIONS_README)
+
+
 def load_fixture_tensors(path):
     from safetensors.torch import load_file
     return load_file(str(path))
@@ -811,7 +851,7 @@ def main():
     for f in FIX.glob("*.safetensors"):
         f.unlink()
     steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
-             gen_losses, gen_timm_preprocess]
+             gen_losses, gen_timm_preprocess, gen_attentions]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

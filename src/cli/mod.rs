@@ -1,10 +1,11 @@
-//! Command-line interface: `predict`, `eval`, `finetune`, `info`, `bench`, one file each with
+//! Command-line interface: `predict`, `explain`, `eval`, `finetune`, `info`, `bench`, one file each with
 //! its clap arguments. Every numeric argument is range-checked while parsing, so bad input is
 //! refused (exit code 2) before a model or the GPU loads.
 
 pub mod args;
 pub mod bench;
 pub mod eval;
+pub mod explain;
 pub mod finetune;
 pub mod info;
 pub mod predict;
@@ -45,6 +46,8 @@ pub struct Cli {
 pub enum Command {
     /// Classify images with a Hugging Face (or timm) ViT checkpoint.
     Predict(predict::PredictArgs),
+    /// Attention maps: rollout (or one layer's CLS attention) overlaid on each image, as PNGs.
+    Explain(explain::ExplainArgs),
     /// Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder.
     Eval(eval::EvalArgs),
     /// Fine-tune a ViT on an image folder (or, with no arguments, on the embedded MNIST sample).
@@ -71,6 +74,7 @@ pub fn main() -> i32 {
     let adapter = cli.adapter.clone().unwrap_or_default();
     let result = match &cli.command {
         Command::Predict(a) => predict::run(a, &adapter),
+        Command::Explain(a) => explain::run(a, &adapter),
         Command::Eval(a) => eval::run(a, &adapter),
         Command::Finetune(a) => finetune::run(a, &adapter),
         Command::Info => info::run(),

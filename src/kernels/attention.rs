@@ -1,5 +1,6 @@
 //! Fused multi-head attention family (`shaders/attention.wgsl`): flash-style forward saving the
-//! per-row logsumexp, and a backward that recomputes the probabilities; no T×T buffer.
+//! per-row logsumexp, and a backward that recomputes the probabilities; no T×T buffer. For
+//! attention maps (inference only), [`attention_probs_forward`] writes the probabilities.
 //!
 //! Layout: `qkv` (B, T, 3C) from one fused projection, C = H·D, q at columns [0, C), k at
 //! [C, 2C), v at [2C, 3C), head h at columns h·D.. within each third; `out` (B, T, C) with
@@ -175,6 +176,55 @@ pub fn attention_backward(
         &[(1, qkv), (4, dout), (6, lse), (8, delta), (9, dqkv)],
         dm.grid(),
     );
+}
+
+/// The attention probabilities `probs` (B, H, T, T) f32 = softmax(q kᵀ · scale) of each
+/// (batch, head) (transformers' `output_attentions`), from `qkv` and the `lse` that
+/// [`attention_forward`] wrote for it. For inspection only: nothing backpropagates through it.
+pub fn attention_probs_forward(
+    gpu: &Gpu,
+    probs: &GpuTensor,
+    qkv: &GpuTensor,
+    lse: &GpuTensor,
+    heads: usize,
+) {
+    let dm = Dims::of(qkv, heads);
+    dm.check("probs", probs, &[dm.b, dm.h, dm.t, dm.t], true);
+    dm.check("lse", lse, &[dm.b, dm.h, dm.t], true);
+    let ov = [
+        ("QKV_F16", qkv.dtype.is_f16()),
+        ("HD", dm.d as f64),
+        ("WG", WG as f64),
+    ];
+    // One workgroup per (block of WG keys, query row); the B·H·T rows over y and z.
+    let [y, z, _] = grid((dm.b * dm.h * dm.t) as u32);
+    gpu.launch(
+        &shader!("attention"),
+        "attention_probs_forward",
+        &ov,
+        &dm.params(),
+        &[(1, qkv), (6, lse), (10, probs)],
+        [(dm.t as u32).div_ceil(WG), y, z],
+    );
+}
+
+/// CPU reference of [`attention_probs_forward`] (f64): probs (B, H, T, T).
+pub fn attention_probs_cpu(qkv: &[f32], b: usize, t: usize, heads: usize, d: usize) -> Vec<f32> {
+    assert_eq!(
+        qkv.len(),
+        b * t * 3 * heads * d,
+        "attention_probs_cpu: qkv length"
+    );
+    let mut probs = Vec::with_capacity(b * heads * t * t);
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let (pr, _) = softmax(&scores(qkv, t, heads, d, bi, h, i));
+                probs.extend(pr.iter().map(|&x| x as f32));
+            }
+        }
+    }
+    probs
 }
 
 /// Scaled scores of query row `i` of (b, h) against all keys, in f64.

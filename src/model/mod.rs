@@ -1,11 +1,13 @@
 //! The Vision Transformer model: config, parameter table, host tensors, forward pass.
 
+pub mod attentions;
 pub mod config;
 pub mod host;
 pub mod interp;
 pub mod params;
 pub mod vit;
 
+pub use attentions::VitAttentions;
 pub use config::*;
 pub use host::HostTensor;
 pub use params::{Param, ParamTable};

@@ -5,6 +5,7 @@ mod checkpoint;
 mod cli;
 mod common;
 mod data;
+mod explain;
 mod gpu;
 mod interp;
 mod kernels_attention;
