@@ -9,7 +9,11 @@ photos from scikit-image (PNG, JPEG, grayscale, RGBA) at the native resolution a
 `--res`, in f32 and f16, and compares with transformers + ViTImageProcessor. Then it
 fine-tunes with `vitgpu finetune --res`, loads the result with
 `ViTForImageClassification.from_pretrained` and compares its logits with `vitgpu predict`.
-Prints one line per check and exits non-zero if any fails.
+With `--eval-transform center-crop` the saved preprocessor_config.json must still load in
+transformers, and `vitgpu predict` must match torchvision's Resize + CenterCrop. A random
+timm ViT saved by timm (`save_for_hf`, crop_pct 0.95, bilinear; then border mode) must
+predict as timm's own eval transform + model. Prints one line per check and exits non-zero if
+any fails.
 """
 import argparse
 import json
@@ -121,6 +125,52 @@ def main():
     got_ft = vitgpu_logits(a.bin, ft, paths)
     d = np.abs(got_ft - want_ft).max()
     check("finetuned checkpoint: transformers vs vitgpu predict", d <= 1e-3, f"max |logit diff| {d:.2e}")
+
+    # --eval-transform center-crop: saved with the checkpoint, transformers still loads it.
+    cc = work / "center_crop"
+    r = subprocess.run([a.bin, "finetune", "--model", str(unseen), "--data", str(data), "--output", str(cc),
+                        "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0",
+                        "--eval-transform", "center-crop"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"vitgpu finetune --eval-transform center-crop failed:\n{r.stderr}")
+    from transformers import AutoImageProcessor
+    from torchvision import transforms as tv
+    cproc = AutoImageProcessor.from_pretrained(cc)
+    check("center-crop preprocessor_config.json loads in transformers",
+          type(cproc).__name__ == "ViTImageProcessor" and cproc.vitgpu_eval_transform == "center-crop",
+          f"{type(cproc).__name__}, vitgpu_eval_transform {cproc.vitgpu_eval_transform!r}")
+    cmodel = ViTForImageClassification.from_pretrained(cc).eval()
+    t = tv.Compose([tv.Resize(64), tv.CenterCrop(64), tv.ToTensor(),
+                    tv.Normalize(mean=cproc.image_mean, std=cproc.image_std)])
+    pv = torch.stack([t(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        want_cc = cmodel(pv).logits.numpy()
+    d = np.abs(vitgpu_logits(a.bin, cc, paths) - want_cc).max()
+    check("center-crop checkpoint: torchvision Resize + CenterCrop vs vitgpu predict", d <= 1e-3,
+          f"max |logit diff| {d:.2e}")
+
+    # A timm ViT saved by timm: timm's eval transform from its pretrained_cfg.
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.models._hub import save_for_hf
+    margs = dict(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=4, num_classes=5)
+    for mode in ("center", "border"):
+        overlay = dict(input_size=(3, 64, 64), crop_pct=0.95, interpolation="bilinear", crop_mode=mode,
+                       mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28), num_classes=5)
+        tm = timm.create_model("vit_small_patch16_224", pretrained=False, pretrained_cfg_overlay=overlay, **margs)
+        with torch.no_grad():
+            for p in tm.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        tm.eval()
+        td = work / f"timm_{mode}"
+        save_for_hf(tm, td, model_args=margs, safe_serialization=True)
+        tt = create_transform(**resolve_data_config(model=tm))
+        pv = torch.stack([tt(Image.open(p).convert("RGB")) for p in paths])
+        with torch.no_grad():
+            want_t = tm(pv).numpy()
+        d = np.abs(vitgpu_logits(a.bin, td, paths) - want_t).max()
+        check(f"timm checkpoint (crop_pct 0.95, bilinear, {mode}): timm vs vitgpu predict", d <= 1e-3,
+              f"max |logit diff| {d:.2e}")
     if FAILED:
         sys.exit(f"{len(FAILED)} checks failed")
 

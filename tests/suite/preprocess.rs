@@ -390,21 +390,16 @@ fn lossless_re_encodings_decode_to_the_png_pixels() {
 // see tests/fixtures/TIMM_README).
 // ---------------------------------------------------------------------------
 
-const INCEPTION: ([f32; 3], [f32; 3]) = ([0.5; 3], [0.5; 3]);
-const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+/// (mean, std).
+type Norm = ([f32; 3], [f32; 3]);
+
+const INCEPTION: Norm = ([0.5; 3], [0.5; 3]);
+const IMAGENET: Norm = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
 
 /// TIMM_CASES of tools/make_fixtures.py: (case, crop_mode, crop_pct, PIL filter, (H, W),
 /// (mean, std), images).
 #[allow(clippy::type_complexity)]
-const TIMM_CASES: &[(
-    &str,
-    CropMode,
-    f64,
-    u32,
-    (usize, usize),
-    ([f32; 3], [f32; 3]),
-    &[&str],
-)] = &[
+const TIMM_CASES: &[(&str, CropMode, f64, u32, (usize, usize), Norm, &[&str])] = &[
     (
         "center.p100.bicubic.32",
         CropMode::Center,
@@ -480,7 +475,7 @@ const TIMM_CASES: &[(
 ];
 
 /// TV_CASES: (case, PIL filter, size, (mean, std)), on all three photos.
-const TV_CASES: &[(&str, u32, usize, ([f32; 3], [f32; 3]))] = &[
+const TV_CASES: &[(&str, u32, usize, Norm)] = &[
     ("center_crop.bilinear.32", RESAMPLE_BILINEAR, 32, INCEPTION),
     ("center_crop.bicubic.33", RESAMPLE_BICUBIC, 33, IMAGENET),
 ];
@@ -505,7 +500,7 @@ fn eval_cfg(
     t: EvalTransform,
     filter: u32,
     (h, w): (usize, usize),
-    (mean, std): ([f32; 3], [f32; 3]),
+    (mean, std): Norm,
 ) -> PreprocessorConfig {
     PreprocessorConfig {
         resample: filter,
