@@ -16,8 +16,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> LABELS: array<u32>;
 // Class weights (C,) when HAS_WEIGHTS (PyTorch's `weight=`).
 @group(0) @binding(4) var<storage, read> WEIGHTS: array<f32>;
+// Soft targets (rows, C) when SOFT (mixup/cutmix, timm's SoftTargetCrossEntropy): LABELS is
+// then not read, and the smoothing is already in the targets.
+@group(0) @binding(5) var<storage, read> TARGETS: array<f32>;
 
 override HAS_WEIGHTS: bool = false;
+override SOFT: bool = false;
 
 fn weight(c: u32) -> f32 {
     if (HAS_WEIGHTS) { return WEIGHTS[c]; }
@@ -51,6 +55,7 @@ fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // OUT[r] = the per-example loss as PyTorch's cross_entropy(weight=w, label_smoothing=ε)
 // computes it before the reduction: (1 − ε)·w_y·(lse − x_y) + ε/C·Σ_c w_c·(lse − x_c).
 // The mean divides the sum by Σ_r w_{y_r} (by the batch size without weights).
+// SOFT: OUT[r] = Σ_c w_c·t_c·(lse − x_c), whose mean divides by the batch size.
 @compute @workgroup_size(WG)
 fn cross_entropy_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -58,6 +63,12 @@ fn cross_entropy_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = r * p.cols;
     let m = row_max(base);
     let lse = m + log(row_sum_exp(base, m));
+    if (SOFT) {
+        var st = 0.0;
+        for (var c = 0u; c < p.cols; c++) { st += weight(c) * TARGETS[base + c] * (lse - X[base + c]); }
+        OUT[r] = st;
+        return;
+    }
     let y = LABELS[r];
     var loss = (1.0 - p.smoothing) * weight(y) * (lse - X[base + y]);
     if (p.smoothing != 0.0) {
@@ -69,7 +80,7 @@ fn cross_entropy_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // OUT = ∂loss_r/∂x · scale = ((1 − ε)·w_y·(q − onehot(y)) + ε/C·(W·q − w)) · scale, with
-// q = softmax(x) and W = Σ_c w_c.
+// q = softmax(x) and W = Σ_c w_c. SOFT: OUT = ((Σ_k w_k·t_k)·q − w·t) · scale.
 @compute @workgroup_size(WG)
 fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -77,6 +88,15 @@ fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = r * p.cols;
     let m = row_max(base);
     let s = row_sum_exp(base, m);
+    if (SOFT) {
+        var wt = 0.0;
+        for (var c = 0u; c < p.cols; c++) { wt += weight(c) * TARGETS[base + c]; }
+        for (var c = 0u; c < p.cols; c++) {
+            let q = exp(X[base + c] - m) / s;
+            OUT[base + c] = (wt * q - weight(c) * TARGETS[base + c]) * p.scale;
+        }
+        return;
+    }
     let label = LABELS[r];
     let wy = (1.0 - p.smoothing) * weight(label);
     var wsum = f32(p.cols);

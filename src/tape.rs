@@ -70,9 +70,11 @@ enum Op<'g> {
         heads: usize,
         out: Var,
     },
+    /// `a + b`, or `a + b·scale[sample]` (drop-path) when `scale` is given.
     Residual {
         a: Option<Var>,
         b: Option<Var>,
+        scale: Option<GpuTensor>,
         out: Var,
     },
     Embed {
@@ -279,13 +281,29 @@ impl<'g> Graph<'g> {
 
     /// `a + b`.
     pub fn residual(&mut self, a: &Node, b: &Node) -> Result<Node> {
+        self.residual_drop_path(a, b, None)
+    }
+
+    /// `a + b·scale[sample]` with `scale` (B,) f32 for a and b (B, ...): a residual whose
+    /// branch `b` goes through drop-path (stochastic depth) with a given per-sample mask
+    /// already divided by keep_prob, as timm's `x + drop_path(b)`. None: `a + b`.
+    pub fn residual_drop_path(
+        &mut self,
+        a: &Node,
+        b: &Node,
+        scale: Option<&GpuTensor>,
+    ) -> Result<Node> {
         let out = self.alloc(&a.t.shape)?;
-        kernels::residual::residual_forward(self.gpu, &out, &a.t, &b.t);
+        match scale {
+            Some(s) => kernels::residual::residual_scaled_forward(self.gpu, &out, &a.t, &b.t, s),
+            None => kernels::residual::residual_forward(self.gpu, &out, &a.t, &b.t),
+        }
         let var = self.var(a.var.is_some() || b.var.is_some());
         if let Some(v) = var {
             self.ops.push(Op::Residual {
                 a: a.var,
                 b: b.var,
+                scale: scale.cloned(),
                 out: v,
             });
         }
@@ -466,15 +484,25 @@ impl<'g> Graph<'g> {
                         }
                     }
                 }
-                Op::Residual { a, b, out } => {
+                Op::Residual { a, b, scale, out } => {
                     let Some(dy) = grads.remove(&out) else {
                         continue;
                     };
-                    // The gradient reaches both branches; each gets its own buffer because
-                    // later ops accumulate into them independently.
-                    for v in [a, b].into_iter().flatten() {
+                    // The gradient reaches both branches (b's scaled per sample under
+                    // drop-path); each gets its own buffer because later ops accumulate into
+                    // them independently.
+                    if let Some(v) = a {
                         let (dx, acc) = self.grad_slot(&mut grads, v, &dy)?;
                         kernels::residual::accumulate(gpu, &dx, &dy, acc);
+                    }
+                    if let Some(v) = b {
+                        let (dx, acc) = self.grad_slot(&mut grads, v, &dy)?;
+                        match &scale {
+                            Some(s) => {
+                                kernels::residual::residual_scaled_backward(gpu, &dx, &dy, s, acc)
+                            }
+                            None => kernels::residual::accumulate(gpu, &dx, &dy, acc),
+                        }
                     }
                 }
                 Op::Embed {

@@ -831,6 +831,135 @@ def gen_attentions():
     (FIX / "ATTENTIONS_README").write_text(ATTENTIONS_README)
 
 
+REGULARISERS_README = (
+    "regularisers.safetensors (timm 1.0.12): `drop_path.*`: out = x + timm.layers.drop_path(y, "
+    "p, training=True) for x, y (3, 5, 7), with `scale` (3,) the per-sample multiplier timm drew "
+    "(Bernoulli(1 - p) / (1 - p)), `dout` and autograd's `dx`, `dy`; `dpr.{rate}_{depth}`: timm "
+    "VisionTransformer's per-block rates, torch.linspace(0, rate, depth). `mix.x` (6, 3, 5, 7) "
+    "pixels, `mix.labels` (6,), 4 classes, label smoothing 0.1; per case `{case}.lam_in` (the "
+    "Beta draw), `{case}.cutmix`, `{case}.cy`/`{case}.cx` (rand_bbox's box centre), "
+    "`{case}.box` (yl, yh, xl, xh), `{case}.lam` (after the box-area correction), `{case}.x` "
+    "and `{case}.target` from timm.data.Mixup(mode='batch') with that draw, `{case}.logits` "
+    "(6, 4), `{case}.loss` and `{case}.grad` of SoftTargetCrossEntropy, and `{case}.wloss`, "
+    "`{case}.wgrad` of F.cross_entropy(logits, target, weight=`mix.weights`) (mean over the "
+    "batch, PyTorch's rule for probability targets). grads_drop_path.safetensors: "
+    "models/vit_tiny_cls in train mode with every ViTLayer computed as timm's Block with "
+    "drop-path, x = x + attn(norm1(x))*s[i, 0], x = x + mlp(norm2(x))*s[i, 1], `scales` s "
+    "(L, 2, B) drawn by timm's drop_path at rates linspace(0, 0.5, L); mean cross-entropy "
+    "`loss`, `logits`, and every parameter's gradient `grad.{HF name}`.\n")
+
+
+def gen_regularisers():
+    """Drop-path, mixup/cutmix and the soft-target cross-entropy against timm."""
+    import timm
+    from timm.data import Mixup
+    from timm.data import mixup as timm_mixup
+    from timm.layers import drop_path
+    from timm.loss import SoftTargetCrossEntropy
+    assert timm.__version__ == "1.0.12", timm.__version__
+    g = torch.Generator().manual_seed(1200)
+    T = {}
+    # Drop-path: the mask is timm's own draw, recovered by replaying the seed on ones.
+    p = 0.4
+    x = leaf(torch.randn(3, 5, 7, generator=g))
+    y = leaf(torch.randn(3, 5, 7, generator=g))
+    for seed in range(100):
+        torch.manual_seed(seed)
+        scale = drop_path(torch.ones(3, 1, 1), p, True).flatten()
+        if 0 < (scale == 0).sum() < 3:
+            break
+    torch.manual_seed(seed)
+    out = x + drop_path(y, p, True)
+    dout = torch.randn(3, 5, 7, generator=g)
+    out.backward(dout)
+    assert torch.equal(out, x + y * scale.view(3, 1, 1))
+    T.update({"drop_path.x": x, "drop_path.y": y, "drop_path.p": torch.tensor([p]),
+              "drop_path.scale": scale, "drop_path.out": out, "drop_path.dout": dout,
+              "drop_path.dx": x.grad, "drop_path.dy": y.grad})
+    for rate, depth in ((0.1, 12), (0.3, 5), (0.2, 1)):
+        dpr = [v.item() for v in torch.linspace(0, rate, depth)]
+        T[f"dpr.{rate}_{depth}"] = torch.tensor(dpr)
+    # Mixup / cutmix in 'batch' mode with a given draw.
+    B, C, H, W, K, eps = 6, 3, 5, 7, 4, 0.1
+    x0 = torch.randn(B, C, H, W, generator=g)
+    labels = torch.tensor([0, 3, 1, 1, 2, 0])
+    weights = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    T.update({"mix.x": x0, "mix.labels": labels, "mix.weights": weights,
+              "mix.smoothing": torch.tensor([eps])})
+    for case, cutmix, lam_in, bbox_seed in (("mixup", False, 0.3137, None),
+                                            ("cutmix", True, 0.62, 5),
+                                            ("cutmix_edge", True, 0.41, 11),
+                                            ("identity", False, 1.0, None)):
+        mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=eps, num_classes=K,
+                      mode="batch")
+        mixer._params_per_batch = lambda: (lam_in, cutmix)
+        cy = cx = -1
+        box = (0, 0, 0, 0)
+        if cutmix:
+            np.random.seed(bbox_seed)
+            cy, cx = np.random.randint(0, H), np.random.randint(0, W)
+            np.random.seed(bbox_seed)
+            box = timm_mixup.rand_bbox(x0.shape, lam_in)
+            np.random.seed(bbox_seed)
+        xm, target = mixer(x0.clone(), labels.clone())
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        lam = 1.0 - area / (H * W) if cutmix else lam_in
+        assert torch.allclose(target, timm_mixup.mixup_target(labels, K, lam, eps))
+        logits = leaf(torch.randn(B, K, generator=g) * 2)
+        loss = SoftTargetCrossEntropy()(logits, target)
+        loss.backward()
+        wl = leaf(logits.detach())
+        wloss = F.cross_entropy(wl, target, weight=weights)
+        wloss.backward()
+        T.update({f"{case}.lam_in": torch.tensor([lam_in]), f"{case}.cutmix": torch.tensor([float(cutmix)]),
+                  f"{case}.cy": torch.tensor([float(cy)]), f"{case}.cx": torch.tensor([float(cx)]),
+                  f"{case}.box": torch.tensor([float(v) for v in box]),
+                  f"{case}.lam": torch.tensor([lam], dtype=torch.float32), f"{case}.x": xm, f"{case}.target": target,
+                  f"{case}.logits": logits, f"{case}.loss": loss.detach().reshape(1),
+                  f"{case}.grad": logits.grad, f"{case}.wloss": wloss.detach().reshape(1),
+                  f"{case}.wgrad": wl.grad})
+        print(f"  {case}: lam {lam:.4f} box {box} loss {loss.item():.4f}")
+    save(FIX / "regularisers.safetensors", T)
+    # The whole model with timm's drop-path on both residual branches of every layer, rates
+    # linspace(0, 0.5, L): HF's ViTLayer rewritten as timm's Block with given masks.
+    from transformers.models.vit.modeling_vit import ViTLayer
+    m = load(ViTForImageClassification, MODELS / "vit_tiny_cls")
+    m.train()
+    L, B = m.config.num_hidden_layers, 3
+    dpr = [v.item() for v in torch.linspace(0, 0.5, L)]
+    torch.manual_seed(17)
+    scales = torch.stack([torch.stack([drop_path(torch.ones(B, 1, 1), r, True).flatten()
+                                       for _ in range(2)]) for r in dpr])  # (L, 2, B)
+    assert (scales[1:] == 0).any() and (scales[1:] > 1).any(), scales
+
+    def block(self, h, head_mask=None, output_attentions=False):
+        s = scales[self.layer_index]
+        a = self.attention(self.layernorm_before(h))[0]
+        h = h + a * s[0].view(-1, 1, 1)
+        mo = self.output.dense(self.intermediate(self.layernorm_after(h)))
+        return (h + mo * s[1].view(-1, 1, 1),)
+
+    for i, layer in enumerate(m.vit.encoder.layer):
+        layer.layer_index = i
+    orig = ViTLayer.forward
+    ViTLayer.forward = block
+    try:
+        pv = torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(1300))
+        lab = torch.tensor([2, 0, 4])
+        logits = m(pixel_values=pv).logits
+        loss = F.cross_entropy(logits, lab)
+        loss.backward()
+    finally:
+        ViTLayer.forward = orig
+    G = {"pixel_values": pv, "labels": lab, "loss": loss.detach().reshape(1),
+         "logits": logits, "scales": scales}
+    for n, p in m.named_parameters():
+        G[f"grad.{n}"] = p.grad
+    save(FIX / "grads_drop_path.safetensors", G)
+    print(f"  drop-path model: rates {dpr}, loss {loss.item():.4f}")
+    (FIX / "REGULARISERS_README").write_text(REGULARISERS_README)
+
+
 def load_fixture_tensors(path):
     from safetensors.torch import load_file
     return load_file(str(path))
@@ -851,7 +980,7 @@ def main():
     for f in FIX.glob("*.safetensors"):
         f.unlink()
     steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
-             gen_losses, gen_timm_preprocess, gen_attentions]
+             gen_losses, gen_timm_preprocess, gen_attentions, gen_regularisers]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

@@ -43,6 +43,23 @@ pub struct FinetuneArgs {
     /// norm train at --lr, encoder layer i at lr·ρ^(L−i), the embeddings at lr·ρ^(L+1).
     #[arg(long, allow_negative_numbers = true, value_parser = real(Range::UnitPositive))]
     pub layer_decay: Option<f64>,
+    /// Stochastic depth p in [0, 1) (timm's drop_path_rate): encoder layer i drops each
+    /// sample's attention and MLP branches with p·i/(L−1) in training. 0 is off.
+    #[arg(long, allow_negative_numbers = true, default_value = "0", value_parser = real(Range::UnitHalfOpen))]
+    pub drop_path: f64,
+    /// Mixup α > 0 (timm's mixup_alpha): each batch is mixed with its reverse, λ ~ Beta(α, α),
+    /// with mixed (and --label-smoothing smoothed) soft targets. With --cutmix, each batch
+    /// picks one of the two with probability 0.5.
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::Positive))]
+    pub mixup: Option<f64>,
+    /// CutMix α > 0 (timm's cutmix_alpha): a box of each image, of area ~ 1 − λ with
+    /// λ ~ Beta(α, α), is replaced by the reversed batch's, the targets mixed by area.
+    #[arg(long, allow_negative_numbers = true, value_parser = real(Range::Positive))]
+    pub cutmix: Option<f64>,
+    /// Draw each epoch's images with replacement, each with probability ∝ 1/(images of its
+    /// class), so the classes come up equally often (torch's WeightedRandomSampler).
+    #[arg(long, conflicts_with = "no_shuffle")]
+    pub balanced_sampling: bool,
     /// Recompute each encoder layer's activations in the backward pass instead of keeping
     /// them: less GPU memory (larger batches or resolutions fit), about a third more compute.
     #[arg(long)]
@@ -160,6 +177,10 @@ impl FinetuneArgs {
             class_weights: self.class_weights.clone(),
             layer_decay: self.layer_decay,
             eval_transform: self.eval_transform,
+            drop_path: self.drop_path,
+            mixup: self.mixup,
+            cutmix: self.cutmix,
+            balanced_sampling: self.balanced_sampling,
             verbose: super::verbose(),
         }
     }

@@ -1,10 +1,38 @@
 //! Residual family (`shaders/residual.wgsl`): `out = a + b`, and `accumulate`, `dst (+)= src`,
 //! which is the residual's backward (the gradient reaches both branches unchanged) and how the
-//! tape sums gradients or changes their dtype.
+//! tape sums gradients or changes their dtype. Drop-path (stochastic depth) is the scaled
+//! residual `out = a + b·scale[sample]`, with the per-sample scale (0 or 1/keep_prob) from
+//! the host.
 
 use super::common::{flag, grid, ElementwiseParams};
-use crate::gpu::{Gpu, GpuTensor};
+use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
+use bytemuck::{Pod, Zeroable};
+
+/// Mirrors `Params` in residual.wgsl for the scaled variants.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ScaledParams {
+    n: u32,
+    /// Elements per sample.
+    per: u32,
+    _pad: [u32; 2],
+}
+
+/// Params for `t` (B, ...) scaled by `scale` (B,) f32.
+fn scaled_params(t: &GpuTensor, scale: &GpuTensor) -> ScaledParams {
+    let b = t.shape[0];
+    assert_eq!(
+        (scale.numel(), scale.dtype),
+        (b, DType::F32),
+        "one f32 scale per sample"
+    );
+    ScaledParams {
+        n: t.numel() as u32,
+        per: (t.numel() / b.max(1)) as u32,
+        _pad: [0; 2],
+    }
+}
 
 const WG: u32 = 256;
 
@@ -44,6 +72,78 @@ pub fn accumulate(gpu: &Gpu, dst: &GpuTensor, src: &GpuTensor, accum: bool) {
         &[(1, src), (3, dst)],
         grid((src.numel() as u32).div_ceil(2).div_ceil(WG)),
     );
+}
+
+/// `out = a + b·scale[sample]`, a and b (B, ...) and scale (B,) f32: the residual with
+/// drop-path on branch `b` (timm's `x + drop_path(b)` with the mask already divided by
+/// keep_prob).
+pub fn residual_scaled_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    scale: &GpuTensor,
+) {
+    assert_eq!((a.numel(), b.numel()), (out.numel(), out.numel()));
+    let ov = [
+        ("A_F16", a.dtype.is_f16()),
+        ("B_F16", b.dtype.is_f16()),
+        ("OUT_F16", out.dtype.is_f16()),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("residual"),
+        "residual_scaled_forward",
+        &ov,
+        &scaled_params(out, scale),
+        &[(1, a), (2, b), (3, out), (4, scale)],
+        grid((out.numel() as u32).div_ceil(2).div_ceil(WG)),
+    );
+}
+
+/// The scaled branch's gradient: `db = dout·scale[sample]`, or `db +=` with `accum` (the
+/// other branch's gradient is `dout` itself: [`accumulate`]).
+pub fn residual_scaled_backward(
+    gpu: &Gpu,
+    db: &GpuTensor,
+    dout: &GpuTensor,
+    scale: &GpuTensor,
+    accum: bool,
+) {
+    assert_eq!(
+        db.numel(),
+        dout.numel(),
+        "residual_scaled_backward: sizes differ"
+    );
+    let ov = [
+        ("A_F16", dout.dtype.is_f16()),
+        ("OUT_F16", db.dtype.is_f16()),
+        ("ACCUM", flag(accum)),
+        ("WG", WG as f64),
+    ];
+    gpu.launch(
+        &shader!("residual"),
+        "residual_scaled_backward",
+        &ov,
+        &scaled_params(dout, scale),
+        &[(1, dout), (3, db), (4, scale)],
+        grid((dout.numel() as u32).div_ceil(2).div_ceil(WG)),
+    );
+}
+
+/// CPU reference of [`residual_scaled_forward`] and [`residual_scaled_backward`]:
+/// (out, db) for a, b, dout of `scale.len()` samples each.
+pub fn residual_scaled_cpu(
+    a: &[f32],
+    b: &[f32],
+    dout: &[f32],
+    scale: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let per = a.len() / scale.len().max(1);
+    let s = |i: usize| scale[i / per];
+    let out = (0..a.len()).map(|i| a[i] + b[i] * s(i)).collect();
+    let db = (0..a.len()).map(|i| dout[i] * s(i)).collect();
+    (out, db)
 }
 
 /// CPU reference of [`residual_forward`].

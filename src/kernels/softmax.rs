@@ -1,5 +1,6 @@
 //! Softmax family (`shaders/softmax.wgsl`): class probabilities and the mean
-//! cross-entropy loss with its gradient. Logits are f32.
+//! cross-entropy loss with its gradient, on hard labels or soft targets (mixup/cutmix).
+//! Logits are f32.
 
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
@@ -37,6 +38,15 @@ pub struct CrossEntropy<'a> {
     pub smoothing: f32,
 }
 
+/// What a cross-entropy compares the logits with.
+#[derive(Clone, Copy)]
+enum Target<'t> {
+    /// Class indices (rows,) u32.
+    Labels(&'t GpuTensor),
+    /// Class probabilities (rows, C) f32.
+    Soft(&'t GpuTensor),
+}
+
 impl CrossEntropy<'_> {
     fn launch(
         &self,
@@ -44,11 +54,26 @@ impl CrossEntropy<'_> {
         entry: &'static str,
         out: &GpuTensor,
         logits: &GpuTensor,
-        labels: &GpuTensor,
+        target: Target,
         scale: f32,
     ) {
         let mut p = params(logits, scale);
         p.smoothing = self.smoothing;
+        let (labels, targets) = match target {
+            Target::Labels(l) => (l, gpu.dummy()),
+            Target::Soft(t) => {
+                assert_eq!(
+                    (t.rows(), t.cols(), t.dtype),
+                    (p.rows as usize, p.cols as usize, DType::F32),
+                    "soft targets are (rows, C) f32"
+                );
+                assert_eq!(
+                    self.smoothing, 0.0,
+                    "soft targets carry their own smoothing"
+                );
+                (gpu.dummy(), t)
+            }
+        };
         if let Some(w) = self.weights {
             assert_eq!(
                 (w.numel(), w.dtype),
@@ -58,13 +83,15 @@ impl CrossEntropy<'_> {
         }
         // Unweighted launches bind a placeholder the shader does not read (HAS_WEIGHTS off).
         let w = self.weights.unwrap_or(gpu.dummy());
-        let bindings = [(1, logits), (2, out), (3, labels), (4, w)];
+        let bindings = [(1, logits), (2, out), (3, labels), (4, w), (5, targets)];
+        let soft = matches!(target, Target::Soft(_));
         gpu.launch(
             &shader!("softmax"),
             entry,
             &[
                 ("WG", WG as f64),
                 ("HAS_WEIGHTS", super::common::flag(self.weights.is_some())),
+                ("SOFT", super::common::flag(soft)),
             ],
             &p,
             &bindings,
@@ -79,7 +106,8 @@ impl CrossEntropy<'_> {
             (losses.numel(), labels.numel()),
             (logits.rows(), logits.rows())
         );
-        self.launch(gpu, "cross_entropy_forward", losses, logits, labels, 1.0);
+        let t = Target::Labels(labels);
+        self.launch(gpu, "cross_entropy_forward", losses, logits, t, 1.0);
     }
 
     /// `dlogits` = ∂(per-example loss)/∂logits · `scale` (1/Σ w_y for the mean loss).
@@ -92,14 +120,39 @@ impl CrossEntropy<'_> {
         scale: f32,
     ) {
         assert_eq!(dlogits.dtype, DType::F32);
-        self.launch(
-            gpu,
-            "cross_entropy_backward",
-            dlogits,
-            logits,
-            labels,
-            scale,
-        );
+        let t = Target::Labels(labels);
+        self.launch(gpu, "cross_entropy_backward", dlogits, logits, t, scale);
+    }
+
+    /// Per-example losses (rows,) against soft targets t (rows, C) f32, e.g. mixed by
+    /// mixup/cutmix: Σ_c w_c·t_c·(lse − x_c) (timm's `SoftTargetCrossEntropy`, PyTorch's
+    /// `cross_entropy` with probability targets). The mean divides the sum by the batch size,
+    /// with or without class weights, as PyTorch does for probability targets. `smoothing`
+    /// must be 0: put it into the targets (timm's `mixup_target`).
+    pub fn forward_soft(
+        &self,
+        gpu: &Gpu,
+        losses: &GpuTensor,
+        logits: &GpuTensor,
+        targets: &GpuTensor,
+    ) {
+        assert_eq!(losses.numel(), logits.rows());
+        let t = Target::Soft(targets);
+        self.launch(gpu, "cross_entropy_forward", losses, logits, t, 1.0);
+    }
+
+    /// `dlogits` = ((Σ_k w_k·t_k)·softmax(x) − w·t) · `scale` (1/rows for the mean loss).
+    pub fn backward_soft(
+        &self,
+        gpu: &Gpu,
+        dlogits: &GpuTensor,
+        logits: &GpuTensor,
+        targets: &GpuTensor,
+        scale: f32,
+    ) {
+        assert_eq!(dlogits.dtype, DType::F32);
+        let t = Target::Soft(targets);
+        self.launch(gpu, "cross_entropy_backward", dlogits, logits, t, scale);
     }
 }
 
@@ -196,4 +249,32 @@ pub fn cross_entropy_weighted_cpu(
         }
     }
     ((loss / norm) as f32, d)
+}
+
+/// CPU reference of [`CrossEntropy::forward_soft`] and [`CrossEntropy::backward_soft`] with
+/// the mean over rows: (mean loss, its gradient w.r.t. the logits), f64 sums.
+pub fn cross_entropy_soft_cpu(
+    x: &[f32],
+    targets: &[f32],
+    cols: usize,
+    weights: Option<&[f32]>,
+) -> (f32, Vec<f32>) {
+    let w = |c: usize| weights.map_or(1.0, |w| w[c] as f64);
+    let rows = x.len() / cols;
+    let q = softmax_cpu(x, cols);
+    let mut loss = 0.0f64;
+    let mut d = vec![0.0f32; x.len()];
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        let t = &targets[r * cols..(r + 1) * cols];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let wt: f64 = (0..cols).map(|c| w(c) * t[c] as f64).sum();
+        for c in 0..cols {
+            loss += w(c) * t[c] as f64 * (lse - row[c] as f64);
+            let g = wt * q[r * cols + c] as f64 - w(c) * t[c] as f64;
+            d[r * cols + c] = (g / rows as f64) as f32;
+        }
+    }
+    ((loss / rows as f64) as f32, d)
 }

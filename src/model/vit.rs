@@ -1,10 +1,12 @@
 //! The Vision Transformer: parameters on the GPU and the forward pass (as in transformers'
 //! `ViTForImageClassification`: pre-norm blocks, final layer norm, classifier on CLS).
 
+use super::drop_path::{draw_masks, drop_path_rates, DropPathScales};
 use super::params::{patch_grid, resize_position_embeddings, ParamTable, POSITION_EMBEDDINGS};
 use super::{Config, HostTensor};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::kernels::Act;
+use crate::rng::Rng;
 use crate::tape::{Graph, Node, P};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub struct Vit {
     grads: Vec<Option<GpuTensor>>,
     /// Recompute encoder layers in backward instead of keeping their activations.
     checkpointing: bool,
+    /// Stochastic depth rate of the last layer (timm's `drop_path_rate`); 0 is off.
+    drop_path: f64,
 }
 
 /// What a forward pass gives back.
@@ -81,6 +85,7 @@ impl Vit {
         let grads = vec![None; table.len()];
         Ok(Vit {
             checkpointing: false,
+            drop_path: 0.0,
             config,
             dtype,
             res,
@@ -186,12 +191,63 @@ impl Vit {
         g.linear(&x, w, self.opt("classifier.bias"), Act::None)
     }
 
+    /// Stochastic depth for training (timm's `drop_path_rate`): encoder layer i drops each
+    /// sample's attention and MLP branches with rate·i/(L − 1), through the masks that
+    /// [`Vit::draw_drop_path`] draws and [`Vit::forward_train`] applies. 0 turns it off.
+    pub fn set_drop_path(&mut self, rate: f64) {
+        self.drop_path = rate;
+    }
+
+    /// The per-layer drop rates (all 0 when drop-path is off).
+    pub fn drop_path_rates(&self) -> Vec<f64> {
+        drop_path_rates(self.drop_path, self.config.num_hidden_layers)
+    }
+
+    /// Draws one training forward pass's drop-path masks for `batch` samples from `rng` and
+    /// uploads them; None when drop-path is off.
+    pub fn draw_drop_path(
+        &self,
+        gpu: &Gpu,
+        batch: usize,
+        rng: &mut Rng,
+    ) -> Result<Option<DropPathScales>> {
+        if self.drop_path == 0.0 {
+            return Ok(None);
+        }
+        let masks = draw_masks(&self.drop_path_rates(), batch, rng);
+        DropPathScales::upload(gpu, &masks).map(Some)
+    }
+
+    /// [`Vit::forward`] in training mode: with `drop`, each encoder layer's residual branches
+    /// are scaled per sample as timm's `x + drop_path(attn(norm1(x)))`. A graph that records
+    /// nothing ([`Graph::no_grad`], evaluation) ignores `drop`: drop-path is the identity there.
+    pub fn forward_train<'g>(
+        &'g self,
+        g: &mut Graph<'g>,
+        pixels: &GpuTensor,
+        drop: Option<&DropPathScales>,
+    ) -> Result<Node> {
+        let drop = drop.filter(|_| g.grad_enabled());
+        let out = self.forward_impl(g, pixels, false, drop)?;
+        Ok(out.logits.unwrap_or(out.last_hidden))
+    }
+
     /// The forward pass, optionally keeping every layer's input (transformers' `hidden_states`).
     pub fn forward_all<'g>(
         &'g self,
         g: &mut Graph<'g>,
         pixels: &GpuTensor,
         keep_hidden: bool,
+    ) -> Result<VitOutput> {
+        self.forward_impl(g, pixels, keep_hidden, None)
+    }
+
+    fn forward_impl<'g>(
+        &'g self,
+        g: &mut Graph<'g>,
+        pixels: &GpuTensor,
+        keep_hidden: bool,
+        drop: Option<&DropPathScales>,
     ) -> Result<VitOutput> {
         let c = &self.config;
         let [b, ch, h, w] = pixels.shape[..] else {
@@ -218,14 +274,31 @@ impl Vit {
             self.p("vit.embeddings.cls_token"),
             self.p(POSITION_EMBEDDINGS),
         )?; // (B, T, C)
+        if let Some(d) = drop {
+            let sizes = d
+                .layers
+                .iter()
+                .flatten()
+                .flat_map(|s| s.iter().map(|t| t.numel()));
+            if d.layers.len() != c.num_hidden_layers || sizes.clone().any(|n| n != b) {
+                bail!(
+                    "drop-path masks for {} layers of {:?} samples, but the model has {} layers and the batch {b} samples",
+                    d.layers.len(),
+                    sizes.collect::<std::collections::BTreeSet<_>>(),
+                    c.num_hidden_layers
+                );
+            }
+        }
         for i in 0..c.num_hidden_layers {
             if keep_hidden {
                 hidden.push(x.t.clone());
             }
+            // The recomputation of a checkpointed layer uses the same masks.
+            let scales = drop.and_then(|d| d.layers[i].clone());
             x = if self.checkpointing && g.grad_enabled() && self.layer_needs_grad(i, &x) {
-                g.checkpoint(&x, move |g, x| self.layer(g, x, i))?
+                g.checkpoint(&x, move |g, x| self.layer(g, x, i, scales.as_ref()))?
             } else {
-                self.layer(g, &x, i)?
+                self.layer(g, &x, i, scales.as_ref())?
             };
         }
         if keep_hidden {
@@ -245,8 +318,15 @@ impl Vit {
         })
     }
 
-    /// Encoder layer `i` (pre-norm attention and MLP blocks, each with a residual) on x (B, T, C).
-    fn layer(&self, g: &mut Graph, x: &Node, i: usize) -> Result<Node> {
+    /// Encoder layer `i` (pre-norm attention and MLP blocks, each with a residual) on x (B, T, C);
+    /// `drop`: the (attention, MLP) branches' per-sample drop-path scales.
+    fn layer(
+        &self,
+        g: &mut Graph,
+        x: &Node,
+        i: usize,
+        drop: Option<&[GpuTensor; 2]>,
+    ) -> Result<Node> {
         let c = &self.config;
         let eps = c.layer_norm_eps;
         let act = match c.hidden_act {
@@ -274,7 +354,7 @@ impl Vit {
             Some(l("attention.output.dense.bias")),
             Act::None,
         )?; // (B, T, C)
-        let x = g.residual(x, &a)?;
+        let x = g.residual_drop_path(x, &a, drop.map(|d| &d[0]))?;
         let hs = g.layernorm(
             &x,
             l("layernorm_after.weight"),
@@ -293,7 +373,7 @@ impl Vit {
             Some(l("output.dense.bias")),
             Act::None,
         )?; // (B, T, C)
-        g.residual(&x, &m)
+        g.residual_drop_path(&x, &m, drop.map(|d| &d[1]))
     }
 
     /// Whether layer `i` on input `x` needs a backward: its input does, or it has a trainable

@@ -144,6 +144,15 @@ pub struct TrainOptions {
     /// How validation (and non-augmented training) images are fitted to the input, saved in
     /// the checkpoint's preprocessor_config.json; None: the starting checkpoint's own.
     pub eval_transform: Option<EvalTransform>,
+    /// Stochastic depth rate p in [0, 1): encoder layer i drops its residual branches per
+    /// sample with p·i/(L − 1) (timm's `drop_path_rate`); 0 is off.
+    pub drop_path: f64,
+    /// Mixup α > 0 (timm's `mixup_alpha`), None for off.
+    pub mixup: Option<f64>,
+    /// CutMix α > 0 (timm's `cutmix_alpha`), None for off.
+    pub cutmix: Option<f64>,
+    /// Each epoch draws len(train) samples with replacement, with probability ∝ 1/n_class.
+    pub balanced_sampling: bool,
 }
 
 impl Default for TrainOptions {
@@ -181,6 +190,10 @@ impl Default for TrainOptions {
             class_weights: ClassWeights::None,
             layer_decay: None,
             eval_transform: None,
+            drop_path: 0.0,
+            mixup: None,
+            cutmix: None,
+            balanced_sampling: false,
         }
     }
 }
@@ -191,8 +204,14 @@ impl TrainOptions {
         self.model.is_none() && self.config.is_none() && self.data.is_none()
     }
 
+    /// True when the classifier trains alone on backbone features computed once per image
+    /// (a linear probe without augmentation, or on the demo).
+    pub fn caches_features(&self) -> bool {
+        self.mode == Mode::HeadOnly && (!self.augment || self.is_demo())
+    }
+
     /// Checks every numeric option against its range (the command line checks the same
-    /// ranges while parsing).
+    /// ranges while parsing), and refuses regularisers that cannot act.
     pub fn validate(&self) -> Result<()> {
         let reals = [
             ("--lr", self.lr, Range::Positive),
@@ -218,6 +237,9 @@ impl TrainOptions {
                 Range::UnitHalfOpen,
             ),
             ("--layer-decay", self.layer_decay, Range::UnitPositive),
+            ("--drop-path", Some(self.drop_path), Range::UnitHalfOpen),
+            ("--mixup", self.mixup, Range::Positive),
+            ("--cutmix", self.cutmix, Range::Positive),
         ];
         for (flag, v, range) in reals {
             if let Some(Err(e)) = v.map(|v| range.check(v)) {
@@ -233,6 +255,21 @@ impl TrainOptions {
         for (flag, v) in counts {
             if v == Some(0) {
                 bail!("{flag} must be at least 1");
+            }
+        }
+        let on_pixels = [
+            ("--drop-path", self.drop_path > 0.0),
+            ("--mixup", self.mixup.is_some()),
+            ("--cutmix", self.cutmix.is_some()),
+        ];
+        if let Some((flag, _)) = on_pixels.iter().find(|(_, on)| *on) {
+            if self.caches_features() {
+                bail!(
+                    "{flag} acts on the images and the backbone, but this linear probe (--head-only \
+                     without augmentation) trains the classifier on backbone features computed once: \
+                     drop {flag}, or drop --no-augment so that every step runs the images through \
+                     the frozen backbone"
+                );
             }
         }
         Ok(())
@@ -277,5 +314,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--max-steps"));
+        for o in [
+            TrainOptions {
+                drop_path: 1.0,
+                ..Default::default()
+            },
+            TrainOptions {
+                cutmix: Some(0.0),
+                ..Default::default()
+            },
+        ] {
+            assert!(o.validate().is_err());
+        }
+    }
+
+    #[test]
+    fn pixel_regularisers_are_refused_on_cached_features() {
+        let probe = TrainOptions {
+            data: Some("d".into()),
+            config: Some("vit-tiny".into()),
+            mode: Mode::HeadOnly,
+            augment: false,
+            ..Default::default()
+        };
+        assert!(probe.validate().is_ok());
+        let o = TrainOptions {
+            mixup: Some(0.8),
+            ..probe.clone()
+        };
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("--mixup") && e.contains("--no-augment"), "{e}");
+        // With augmentation the images go through the backbone every step: allowed.
+        let o = TrainOptions {
+            drop_path: 0.1,
+            augment: true,
+            ..probe
+        };
+        assert!(o.validate().is_ok());
     }
 }

@@ -58,7 +58,7 @@ impl Plan {
             lr: o.lr.unwrap_or(default_lr),
             weight_decay: o.weight_decay.unwrap_or(if demo { 0.05 } else { 0.0 }),
             augment: o.augment && !demo,
-            cached_features: head_only && (!o.augment || demo),
+            cached_features: o.caches_features(),
         }
     }
 

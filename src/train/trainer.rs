@@ -8,13 +8,14 @@ use super::plan::Plan;
 use super::setup::Setup;
 use super::{Diverged, Report};
 use crate::checkpoint;
-use crate::data::{Batch, Loader, Rng, Sample, Unreadable};
+use crate::data::{balanced_order, mixup, Batch, Loader, MixupConfig, Rng, Sample, Unreadable};
 use crate::eval::metrics::loss_and_accuracy;
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
 use crate::kernels::adamw::AdamWStep;
 use crate::kernels::softmax::CrossEntropy;
 use crate::model::Vit;
+use crate::rng::stream_seed;
 use crate::tape::{Graph, Node};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -28,6 +29,12 @@ type Features = Arc<Vec<Option<Vec<f32>>>>;
 
 /// (image, reason) of samples that could not be read.
 type Failed = Vec<(String, String)>;
+
+/// Randomness streams: each draw is seeded by (seed, stream, epoch or step, micro-batch), a
+/// pure function of where training is, never a running state.
+const STREAM_MIX: u64 = 1;
+const STREAM_DROP_PATH: u64 = 2;
+const STREAM_BALANCED: u64 = 3;
 
 /// Where an epoch's micro-batches come from: decoded images, or cached features.
 enum Batches {
@@ -148,6 +155,7 @@ impl<'a> Trainer<'a> {
             Some((res, res)),
         )?;
         vit.set_gradient_checkpointing(opts.gradient_checkpointing);
+        vit.set_drop_path(opts.drop_path);
         let host_vals: Vec<Vec<f32>> = vit
             .param_table()
             .iter()
@@ -262,7 +270,12 @@ impl<'a> Trainer<'a> {
     fn batches(&self, epoch: usize) -> Batches {
         let train = &self.setup.dataset.train;
         let mut order: Vec<usize> = (0..train.len()).collect();
-        if self.opts.shuffle {
+        if self.opts.balanced_sampling {
+            let labels: Vec<usize> = train.iter().map(|s| s.label).collect();
+            let seed = stream_seed(&[self.opts.seed, STREAM_BALANCED, epoch as u64]);
+            let classes = self.setup.dataset.classes.len();
+            order = balanced_order(&labels, classes, train.len(), &mut Rng::new(seed));
+        } else if self.opts.shuffle {
             Rng::new(self.opts.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
         }
         match &self.features {
@@ -289,12 +302,12 @@ impl<'a> Trainer<'a> {
         self.flat.zero_grads(self.gpu);
         let mut losses = Vec::new();
         let mut failed = Failed::new();
-        for _ in 0..micro {
+        for m in 0..micro {
             let batch = batches.next(&self.setup.dataset.train)?;
             failed.extend(batch.failed.iter().cloned());
             if !batch.labels.is_empty() {
                 self.p.images_seen += batch.labels.len();
-                losses.push(self.forward_backward(&batch, batches.cached())?);
+                losses.push(self.forward_backward(&batch, batches.cached(), m)?);
             }
         }
         self.note_skipped(&failed);
@@ -313,25 +326,75 @@ impl<'a> Trainer<'a> {
         self.log_step(loss, lr)
     }
 
+    /// The generator of `stream` for micro-batch `micro` of the current optimizer step.
+    fn step_rng(&self, stream: u64, micro: usize) -> Rng {
+        let (seed, step) = (self.opts.seed, self.p.step as u64);
+        Rng::new(stream_seed(&[seed, stream, step, micro as u64]))
+    }
+
+    /// Mixup/CutMix of a micro-batch of images (timm's `Mixup`, mode 'batch'): the mixed
+    /// pixels and the soft targets (B, classes); None when both are off.
+    fn mix(&self, batch: &Batch, micro: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        let cfg = MixupConfig {
+            mixup_alpha: self.opts.mixup,
+            cutmix_alpha: self.opts.cutmix,
+            label_smoothing: self.opts.label_smoothing,
+            switch_prob: 0.5,
+        };
+        let res = self.setup.pre.height;
+        let mix = cfg.draw(res, res, &mut self.step_rng(STREAM_MIX, micro))?;
+        let b = batch.labels.len();
+        let mut pixels = batch.pixels.clone();
+        mixup::mix_pixels(&mut pixels, b, 3, res, res, &mix);
+        let classes = self.vit.num_labels();
+        let targets = mixup::mixed_targets(&batch.labels, classes, mix.lam(), cfg.label_smoothing);
+        Some((pixels, targets))
+    }
+
     /// Forward + backward of one micro-batch (recorded, not waited for); returns its
     /// per-example losses and what their sum is divided by for the mean (Σ w_y, PyTorch's
-    /// weighted mean; the batch size without class weights).
-    fn forward_backward(&self, batch: &Batch, cached: bool) -> Result<(GpuTensor, f32)> {
+    /// weighted mean; the batch size without class weights or with mixed soft targets).
+    fn forward_backward(
+        &self,
+        batch: &Batch,
+        cached: bool,
+        micro: usize,
+    ) -> Result<(GpuTensor, f32)> {
         let gpu = self.gpu;
         let b = batch.labels.len();
         let labels = gpu.upload_u32(&batch.labels);
+        let mixed = if cached { None } else { self.mix(batch, micro) };
+        let drop = if cached {
+            None
+        } else {
+            let mut rng = self.step_rng(STREAM_DROP_PATH, micro);
+            self.vit.draw_drop_path(gpu, b, &mut rng)?
+        };
         let mut g = Graph::new(gpu, self.vit.dtype());
         let logits = if cached {
             self.head(&mut g, &batch.pixels, b)?
         } else {
             let res = self.setup.pre.height;
-            let pixels = gpu.upload(&batch.pixels, &[b, 3, res, res], DType::F32)?;
-            self.vit.forward(&mut g, &pixels)?
+            let px = mixed.as_ref().map_or(&batch.pixels, |(p, _)| p);
+            let pixels = gpu.upload(px, &[b, 3, res, res], DType::F32)?;
+            self.vit.forward_train(&mut g, &pixels, drop.as_ref())?
         };
-        let ce = CrossEntropy {
+        let mut ce = CrossEntropy {
             weights: self.class_weights.as_ref(),
             smoothing: self.opts.label_smoothing as f32,
         };
+        if let Some((_, targets)) = &mixed {
+            // timm's SoftTargetCrossEntropy on the mixed targets (smoothing is in them).
+            ce.smoothing = 0.0;
+            let t = gpu.upload(targets, &[b, self.vit.num_labels()], DType::F32)?;
+            let losses = gpu.alloc(&[b], DType::F32)?;
+            ce.forward_soft(gpu, &losses, &logits.t, &t);
+            let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
+            let scale = self.scaler.scale / (b as f32 * self.opts.grad_accum as f32);
+            ce.backward_soft(gpu, &dlogits, &logits.t, &t, scale);
+            g.backward(&logits, dlogits)?;
+            return Ok((losses, b as f32));
+        }
         let norm = match &self.setup.class_weights {
             Some(w) => batch.labels.iter().map(|&y| w[y as usize]).sum::<f32>(),
             None => b as f32,

@@ -13,4 +13,5 @@ mod kernels_matmul;
 mod kernels_ops;
 mod model;
 mod preprocess;
+mod regularisers;
 mod train;
