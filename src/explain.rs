@@ -240,6 +240,22 @@ pub fn explain_samples(
     let layer = which.layer(c.num_hidden_layers)?;
     let grid = patch_grid(c, (pre.height, pre.width))?;
     let (h, t) = (c.num_attention_heads, 1 + grid.0 * grid.1);
+    // Each layer's (B, H, T, T) probabilities are one buffer: keep B within the adapter's limit.
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let per_image = (h * t * t * 4) as u64;
+    let fits = (limit / per_image).max(1) as usize;
+    let batch_size = if batch_size > fits {
+        eprintln!(
+            "note: {batch_size} images per batch lowered to {fits}, so that each layer's \
+             attention ({h} heads x {t}x{t} tokens per image) fits in one GPU buffer"
+        );
+        fits
+    } else {
+        batch_size
+    };
     static NEVER: AtomicBool = AtomicBool::new(false);
     let width = n_labels + t - 1;
     let out = run_batches(gpu, pre, samples, batch_size, &NEVER, |pixels| {

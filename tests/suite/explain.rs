@@ -472,6 +472,29 @@ fn explain_writes_heat_overlays_named_after_the_image_and_label() {
         .collect();
     names.sort();
     assert_eq!(names, ["spot-2_bright.png", "spot_bright.png"]);
+    // At 128x128 one image's attention per layer (3 heads x 257² f32) is 0.8 MiB: with
+    // 1 MiB buffers the batch of 2 is lowered to 1 rather than failing.
+    let tiny = fixture_path("models/vit_tiny_cls");
+    let o = vitgpu_within(
+        60,
+        &[
+            "explain",
+            "--model",
+            &arg(&tiny),
+            "--output",
+            &arg(&out),
+            "--res",
+            "128",
+            "--batch-size",
+            "2",
+            &arg(&img),
+            &arg(&dark),
+        ],
+        &[("VITGPU_MAX_BINDING_MB", "1")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("lowered to 1"), "{err}");
     // A layer the model does not have, and an opacity out of range.
     let o = vitgpu_within(
         60,
