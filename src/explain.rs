@@ -121,7 +121,7 @@ pub fn cls_attention(probs: &[f32], b: usize, h: usize, t: usize) -> Vec<f32> {
 pub fn normalize_unit(map: &[f32]) -> Vec<f32> {
     let lo = map.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = map.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    if !(hi > lo) {
+    if hi.is_nan() || hi <= lo {
         return vec![0.0; map.len()];
     }
     map.iter().map(|&x| (x - lo) / (hi - lo)).collect()
@@ -175,8 +175,8 @@ pub fn overlay(img: &RgbImage, map: &[f32], grid: (usize, usize), alpha: f32) ->
     let mut out = img.clone();
     for (p, &v) in out.pixels_mut().zip(&heat) {
         let c = jet(v);
-        for k in 0..3 {
-            p.0[k] = ((1.0 - alpha) * p.0[k] as f32 + alpha * c[k] as f32).round() as u8;
+        for (x, &y) in p.0.iter_mut().zip(&c) {
+            *x = ((1.0 - alpha) * *x as f32 + alpha * y as f32).round() as u8;
         }
     }
     out
@@ -240,6 +240,22 @@ pub fn explain_samples(
     let layer = which.layer(c.num_hidden_layers)?;
     let grid = patch_grid(c, (pre.height, pre.width))?;
     let (h, t) = (c.num_attention_heads, 1 + grid.0 * grid.1);
+    // Each layer's (B, H, T, T) probabilities are one buffer: keep B within the adapter's limit.
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let per_image = (h * t * t * 4) as u64;
+    let fits = (limit / per_image).max(1) as usize;
+    let batch_size = if batch_size > fits {
+        eprintln!(
+            "note: {batch_size} images per batch lowered to {fits}, so that each layer's \
+             attention ({h} heads x {t}x{t} tokens per image) fits in one GPU buffer"
+        );
+        fits
+    } else {
+        batch_size
+    };
     static NEVER: AtomicBool = AtomicBool::new(false);
     let width = n_labels + t - 1;
     let out = run_batches(gpu, pre, samples, batch_size, &NEVER, |pixels| {

@@ -260,10 +260,10 @@ impl<'g> Graph<'g> {
         let out = self.alloc(&[b, t, c3 / 3])?;
         let lse = self.gpu.alloc(&[b, heads, t], DType::F32)?;
         kernels::attention::attention_forward(self.gpu, &out, &lse, &qkv.t, heads);
-        if self.attention_probs.is_some() {
+        if let Some(kept) = &mut self.attention_probs {
             let probs = self.gpu.alloc(&[b, heads, t, t], DType::F32)?;
             kernels::attention::attention_probs_forward(self.gpu, &probs, &qkv.t, &lse, heads);
-            self.attention_probs.as_mut().unwrap().push(probs);
+            kept.push(probs);
         }
         let var = self.var(qkv.var.is_some());
         if let (Some(v), Some(qv)) = (var, qkv.var) {

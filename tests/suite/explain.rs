@@ -441,6 +441,60 @@ fn explain_writes_heat_overlays_named_after_the_image_and_label() {
         let night = image::open(out.join("night_dark.png")).unwrap().to_rgb8();
         assert_eq!(night.dimensions(), (20, 20));
     }
+    // Same stem twice, and a corrupt file: both good images written, the bad one named,
+    // exit code 1.
+    let sub = root.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    quadrant_image(30, 30, Some((0, 1)))
+        .save(sub.join("spot.png"))
+        .unwrap();
+    std::fs::write(sub.join("broken.png"), b"\x89PNG not really").unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let o = vitgpu_within(
+        60,
+        &[
+            "explain",
+            "--model",
+            &arg(&model),
+            "--output",
+            &arg(&out),
+            &arg(&img),
+            &arg(&sub),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("broken.png"), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["spot-2_bright.png", "spot_bright.png"]);
+    // At 128x128 one image's attention per layer (3 heads x 257² f32) is 0.8 MiB: with
+    // 1 MiB buffers the batch of 2 is lowered to 1 rather than failing.
+    let tiny = fixture_path("models/vit_tiny_cls");
+    let o = vitgpu_within(
+        60,
+        &[
+            "explain",
+            "--model",
+            &arg(&tiny),
+            "--output",
+            &arg(&out),
+            "--res",
+            "128",
+            "--batch-size",
+            "2",
+            &arg(&img),
+            &arg(&dark),
+        ],
+        &[("VITGPU_MAX_BINDING_MB", "1")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("lowered to 1"), "{err}");
     // A layer the model does not have, and an opacity out of range.
     let o = vitgpu_within(
         60,
