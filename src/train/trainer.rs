@@ -10,9 +10,11 @@ use super::{Diverged, Report};
 use crate::checkpoint;
 use crate::data::{Batch, Loader, Rng, Sample, Unreadable};
 use crate::eval::metrics::loss_and_accuracy;
+use crate::eval::multilabel::{multi_hot, MultiLabelMetrics};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
 use crate::kernels::adamw::AdamWStep;
+use crate::kernels::bce::Bce;
 use crate::kernels::softmax::CrossEntropy;
 use crate::model::Vit;
 use crate::tape::{Graph, Node};
@@ -78,6 +80,8 @@ struct Progress {
     /// Unreadable images (by name, each once) and why.
     skipped: Unreadable,
     accuracy: Option<f64>,
+    /// Multi-label validation mAP after the last evaluation.
+    map: Option<f64>,
     /// The step of the last checkpoint written.
     saved_step: Option<usize>,
     started: Instant,
@@ -197,6 +201,7 @@ impl<'a> Trainer<'a> {
                 images_seen: 0,
                 skipped: Unreadable::default(),
                 accuracy: None,
+                map: None,
                 saved_step: None,
                 started: Instant::now(),
                 bar,
@@ -222,6 +227,8 @@ impl<'a> Trainer<'a> {
         }
         Ok(Report {
             final_accuracy: self.p.accuracy,
+            final_map: self.p.map,
+            multi_label: self.setup.multi_label,
             steps: self.p.step,
             interrupted,
             saved: self.p.saved_step.is_some(),
@@ -328,6 +335,25 @@ impl<'a> Trainer<'a> {
             let pixels = gpu.upload(&batch.pixels, &[b, 3, res, res], DType::F32)?;
             self.vit.forward(&mut g, &pixels)?
         };
+        if self.setup.multi_label {
+            // Sigmoid + binary cross-entropy per label, the mean over batch × labels (PyTorch's
+            // BCEWithLogitsLoss, transformers' multi_label_classification).
+            let train = &self.setup.dataset.train;
+            let n = self.vit.num_labels();
+            let targets = multi_hot(batch.indices.iter().map(|&i| &train[i]), n);
+            let targets = gpu.upload(&targets, &[b, n], DType::F32)?;
+            let bce = Bce {
+                pos_weight: self.class_weights.as_ref(),
+            };
+            let norm = (b * n) as f32;
+            let losses = gpu.alloc(&[b, n], DType::F32)?;
+            bce.forward(gpu, &losses, &logits.t, &targets);
+            let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
+            let scale = self.scaler.scale / (norm * self.opts.grad_accum as f32);
+            bce.backward(gpu, &dlogits, &logits.t, &targets, scale);
+            g.backward(&logits, dlogits)?;
+            return Ok((losses, norm));
+        }
         let ce = CrossEntropy {
             weights: self.class_weights.as_ref(),
             smoothing: self.opts.label_smoothing as f32,
@@ -540,11 +566,16 @@ impl<'a> Trainer<'a> {
         if self.setup.dataset.validation.is_empty() {
             return Ok(());
         }
-        let (logits, labels, failed) = self.validation_logits()?;
+        let (logits, idx, failed) = self.validation_logits()?;
         self.note_skipped(&failed);
         if self.stopped() {
             return Ok(());
         }
+        let val = &self.setup.dataset.validation;
+        if self.setup.multi_label {
+            return self.evaluate_multi_label(epoch, &logits, &idx);
+        }
+        let labels: Vec<u32> = idx.iter().map(|&i| val[i].label as u32).collect();
         let Some((loss, acc)) = loss_and_accuracy(&logits, &labels, self.vit.num_labels()) else {
             eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
             return Ok(());
@@ -563,10 +594,39 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Logits and labels of the readable validation samples, and the unreadable ones.
-    fn validation_logits(&self) -> Result<(Vec<f32>, Vec<u32>, Failed)> {
+    /// Multi-label validation: the mean binary cross-entropy (without pos_weight, as the
+    /// single-label loss is unweighted), mAP, exact match and F1 at the threshold, printed
+    /// and logged.
+    fn evaluate_multi_label(&mut self, epoch: usize, logits: &[f32], idx: &[usize]) -> Result<()> {
         let val = &self.setup.dataset.validation;
-        let labels_of = |idx: &[usize]| idx.iter().map(|&i| val[i].label as u32).collect();
+        let n = self.vit.num_labels();
+        let truth = multi_hot(idx.iter().map(|&i| &val[i]), n);
+        let Some(m) = MultiLabelMetrics::from_logits(logits, &truth, n, self.opts.threshold) else {
+            eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
+            return Ok(());
+        };
+        let map = m.map.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        self.p.bar.suspend(|| {
+            println!(
+                "epoch {epoch}: validation loss {:.4}, mAP {map}, exact match {:.2}%, micro-F1 {:.4}",
+                m.loss,
+                m.exact_match * 100.0,
+                m.f1_micro
+            )
+        });
+        let step = self.p.step;
+        let ep = self.plan.epoch_at(step);
+        self.write_log(json!({"split": "validation", "step": step, "epoch": ep, "loss": m.loss, "map": m.map, "exact_match": m.exact_match, "f1_micro": m.f1_micro, "f1_macro": m.f1_macro}))?;
+        self.p.accuracy = Some(m.exact_match);
+        self.p.map = m.map;
+        Ok(())
+    }
+
+    /// Logits and positions in the validation split of the readable validation samples, and
+    /// the unreadable ones.
+    fn validation_logits(&self) -> Result<(Vec<f32>, Vec<usize>, Failed)> {
+        let val = &self.setup.dataset.validation;
+        let labels_of = |idx: &[usize]| idx.to_vec();
         if let Some((_, feats)) = &self.features {
             let idx: Vec<usize> = (0..val.len()).filter(|&i| feats[i].is_some()).collect();
             let mut logits = Vec::new();

@@ -11,5 +11,6 @@ mod kernels_attention;
 mod kernels_matmul;
 mod kernels_ops;
 mod model;
+mod multilabel;
 mod preprocess;
 mod train;
