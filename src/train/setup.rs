@@ -91,6 +91,13 @@ fn problem_type(o: &TrainOptions, config: &mut Config, ds: &Dataset) -> Result<b
             o.data.as_deref().unwrap_or(Path::new("the data")).display()
         );
     }
+    if multi && o.label_smoothing > 0.0 {
+        bail!(
+            "--label-smoothing applies to the single-label cross-entropy; multi-label training \
+             uses the binary cross-entropy of PyTorch's BCEWithLogitsLoss, which has none: drop \
+             --label-smoothing"
+        );
+    }
     if multi {
         config.set_multi_label();
     }

@@ -220,6 +220,25 @@ fn multi_label_finetune_saves_problem_type_and_predict_and_eval_use_sigmoid() {
         .iter()
         .all(|l| l["auroc"].is_number() && l["average_precision"].is_number()));
 
+    // Label smoothing has no meaning for the binary cross-entropy: refused.
+    let o = run(&[
+        &[
+            "finetune",
+            "--multi-label",
+            "--label-smoothing",
+            "0.1",
+            "--output",
+            root.join("ls").to_str().unwrap(),
+        ],
+        &common[..],
+    ]
+    .concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(2) && err.contains("--label-smoothing"),
+        "{err}"
+    );
+
     // The saved model continues as multi-label without the flag (its config says so).
     let o = run(&[
         "finetune",

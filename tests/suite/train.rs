@@ -294,7 +294,8 @@ fn multi_label_full_finetune_follows_the_pytorch_bce_loop() {
 }
 
 /// `--class-weights balanced` in multi-label training is BCEWithLogitsLoss(pos_weight =
-/// n_neg / n_pos per label), against the PyTorch loop with that pos_weight.
+/// n_neg / n_pos per label), against the PyTorch loop with that pos_weight; so is
+/// `--class-weights FILE.json` naming those weights.
 #[test]
 fn multi_label_pos_weight_finetune_follows_the_pytorch_loop() {
     let csv = fixture_path("train/multilabel.csv");
@@ -304,6 +305,24 @@ fn multi_label_pos_weight_finetune_follows_the_pytorch_loop() {
         "train/multilabel_pos_weight.safetensors",
         &[&MULTI[..], &["--full", "--class-weights", "balanced"]].concat(),
     );
+    // The same pos_weights from a JSON file (bird 8/5, cat and dog 7/6) train the same way.
+    let w = tmp("ml-posw.json");
+    std::fs::write(
+        &w,
+        r#"{"bird": 1.6, "cat": 1.1666666666666667, "dog": 1.1666666666666667}"#,
+    )
+    .unwrap();
+    check_full_run_on(
+        &csv,
+        "ml-posw-file",
+        "train/multilabel_pos_weight.safetensors",
+        &[
+            &MULTI[..],
+            &["--full", "--class-weights", w.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let _ = std::fs::remove_file(&w);
 }
 
 /// Head-only multi-label training (the linear probe on cached features) against the PyTorch
