@@ -626,7 +626,6 @@ impl<'a> Trainer<'a> {
     /// the unreadable ones.
     fn validation_logits(&self) -> Result<(Vec<f32>, Vec<usize>, Failed)> {
         let val = &self.setup.dataset.validation;
-        let labels_of = |idx: &[usize]| idx.to_vec();
         if let Some((_, feats)) = &self.features {
             let idx: Vec<usize> = (0..val.len()).filter(|&i| feats[i].is_some()).collect();
             let mut logits = Vec::new();
@@ -641,7 +640,7 @@ impl<'a> Trainer<'a> {
                 logits.extend(self.gpu.read(&l.t)?);
                 done += chunk.len();
             }
-            return Ok((logits, labels_of(&idx[..done]), Failed::new()));
+            return Ok((logits, idx[..done].to_vec(), Failed::new()));
         }
         let (gpu, vit) = (self.gpu, &self.vit);
         let bs = self.opts.batch_size;
@@ -649,7 +648,7 @@ impl<'a> Trainer<'a> {
             let mut g = Graph::no_grad(gpu, vit.dtype());
             gpu.read(&vit.forward(&mut g, pixels)?.t)
         })?;
-        Ok((out.rows, labels_of(&out.indices), out.failed))
+        Ok((out.rows, out.indices, out.failed))
     }
 
     /// Saves unless nothing was trained since the last save (or at all).
