@@ -301,12 +301,19 @@ pub fn explain_samples(
 /// writes the PNG to `dest` (atomically: a finished file or none).
 pub fn write_overlay(
     image: &Path,
+    pre: &PreprocessorConfig,
     map: &[f32],
     grid: (usize, usize),
     alpha: f32,
     dest: &Path,
 ) -> Result<()> {
     let img = data::load_rgb(image)?;
+    // A squashing transform shows the model all of the image, so the map covers the original;
+    // a cropping one (timm's, center-crop) shows only its crop: the map goes on that view.
+    let img = match pre.eval_transform {
+        data::EvalTransform::Squash => img,
+        _ => data::eval_geometry(&img, pre),
+    };
     let out = overlay(&img, &normalize_unit(map), grid, alpha);
     let mut bytes = Vec::new();
     out.write_to(

@@ -960,6 +960,91 @@ def gen_regularisers():
     (FIX / "REGULARISERS_README").write_text(REGULARISERS_README)
 
 
+# Multi-hot labels of the 13 training images (rows in train/data/train file order), for the
+# multi-label CSV and loops: every image may have none, one or several of bird/cat/dog.
+MULTI_LABELS = ["bird", "bird;cat", "", "bird;dog", "bird", "cat", "cat;dog", "bird;cat;dog",
+                "cat", "dog", "", "cat;dog", "dog"]
+
+MULTILABEL_README = (
+    "bce.safetensors: F.binary_cross_entropy_with_logits(x, y, pos_weight=w) (mean over every "
+    "element) and its gradient for x (9, 13) f32 (randn*4, a few entries at +-40), per case "
+    "`{case}.loss`, `{case}.grad`, `{case}.targets`, with `{case}.pos_weight` where weighted "
+    "(cases: plain, pos_weight, soft = targets uniform in [0, 1] with pos_weight). "
+    "train/multilabel.csv: the 13 images of train/data/train with multi-hot labels (path,labels; "
+    "labels separated by ';', possibly none). train/multilabel_{full,head_only,pos_weight}."
+    "safetensors: the train/full loop (see train/README) on those rows in CSV order with loss = "
+    "F.binary_cross_entropy_with_logits(logits, multi_hot) (mean over batch x labels), i.e. "
+    "`vitgpu finetune --data train/multilabel.csv --multi-label --val-fraction 0`; pos_weight: "
+    "full, with pos_weight = n_neg / n_pos per label over the 13 rows (`--class-weights "
+    "balanced`). multilabel_metrics.json: scikit-learn 1.6.1 multi-label metrics of fixed "
+    "scores (23 x 5, rounded to 0.1 so that ties occur) against multi-hot truth at threshold "
+    "0.5 (predicted positive when score >= 0.5): average_precision_score macro, f1_score "
+    "micro/macro, roc_auc_score per label (average=None), accuracy_score (exact match), "
+    "hamming_loss.\n")
+
+
+def gen_multilabel():
+    """BCE-with-logits kernel cases, the multi-label CSV and its PyTorch training loops."""
+    g = torch.Generator().manual_seed(910)
+    x = torch.randn(9, 13, generator=g) * 4
+    x[0, 0], x[3, 7], x[8, 12] = 40.0, -40.0, 25.0
+    hard = (torch.rand(9, 13, generator=g) < 0.4).float()
+    soft = torch.rand(9, 13, generator=g)
+    pw = torch.rand(13, generator=g) * 4.8 + 0.2
+    T = {"x": x}
+    for case, y, w in (("plain", hard, None), ("pos_weight", hard, pw), ("soft", soft, pw)):
+        xx = x.clone().requires_grad_()
+        loss = F.binary_cross_entropy_with_logits(xx, y, pos_weight=w)
+        loss.backward()
+        T[f"{case}.loss"] = loss.detach().reshape(1)
+        T[f"{case}.grad"] = xx.grad
+        T[f"{case}.targets"] = y
+        if w is not None:
+            T[f"{case}.pos_weight"] = w
+    save(FIX / "bce.safetensors", T)
+
+    names = ["bird", "cat", "dog"]
+    files = [f"data/train/{c}/{j:03d}.png" for c, n in (("bird", 5), ("cat", 4), ("dog", 4))
+             for j in range(n)]
+    rows = ["path,labels"] + [f"{f},{l}" for f, l in zip(files, MULTI_LABELS)]
+    (TRAIN / "multilabel.csv").write_text("\n".join(rows) + "\n")
+    y = torch.tensor([[1.0 if n in l.split(";") else 0.0 for n in names] for l in MULTI_LABELS])
+    ref = load_fixture_tensors(TRAIN / "full.safetensors")
+    pv_all = ref["pixel_values"]
+    sd_dir = TRAIN / "start"
+    pos = y.sum(0)
+    pos_weight = (len(y) - pos) / pos
+    for case, full, w in (("full", True, None), ("head_only", False, None),
+                          ("pos_weight", True, pos_weight)):
+        T = train_loop(sd_dir, pv_all, y, full=full,
+                       loss_fn=lambda lg, lb, w=w: F.binary_cross_entropy_with_logits(
+                           lg, lb, pos_weight=w))
+        T["targets"] = y
+        if w is not None:
+            T["pos_weight"] = w
+        save(TRAIN / f"multilabel_{case}.safetensors", T)
+        print(f"  multi-label {case} losses {[round(v, 4) for v in T['losses'].tolist()]}")
+
+    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
+                                 hamming_loss, roc_auc_score)
+    rng = np.random.RandomState(920)
+    truth = (rng.rand(23, 5) < 0.45).astype(int)
+    truth[0], truth[1] = 1, 0  # every label has positives and negatives
+    scores = np.clip(np.round(truth * 0.3 + rng.rand(23, 5) * 0.7, 1), 0.0, 1.0)
+    pred = (scores >= 0.5).astype(int)
+    M = {
+        "scores": scores.tolist(), "truth": truth.tolist(), "threshold": 0.5,
+        "map": average_precision_score(truth, scores, average="macro"),
+        "f1_micro": f1_score(truth, pred, average="micro", zero_division=0),
+        "f1_macro": f1_score(truth, pred, average="macro", zero_division=0),
+        "auroc": roc_auc_score(truth, scores, average=None).tolist(),
+        "exact_match": accuracy_score(truth, pred),
+        "hamming_loss": hamming_loss(truth, pred),
+    }
+    (FIX / "multilabel_metrics.json").write_text(json.dumps(M, indent=1) + "\n")
+    (FIX / "MULTILABEL_README").write_text(MULTILABEL_README)
+
+
 def load_fixture_tensors(path):
     from safetensors.torch import load_file
     return load_file(str(path))
@@ -980,7 +1065,7 @@ def main():
     for f in FIX.glob("*.safetensors"):
         f.unlink()
     steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
-             gen_losses, gen_timm_preprocess, gen_attentions, gen_regularisers]
+             gen_losses, gen_timm_preprocess, gen_attentions, gen_regularisers, gen_multilabel]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

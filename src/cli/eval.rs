@@ -3,9 +3,10 @@
 
 use super::args;
 use crate::data::EvalTransform;
-use crate::eval::{evaluate, EvalOptions, Scope};
+use crate::eval::{evaluate_any, EvalOptions, Evaluation, Scope};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
+use crate::train::Range;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -15,9 +16,17 @@ pub struct EvalArgs {
     /// Model directory (a classifier).
     #[arg(long)]
     pub model: PathBuf,
-    /// Image folder with class subfolders (DATA/CLASS/* or DATA/{train,validation,test}/CLASS/*).
+    /// Image folder with class subfolders (DATA/CLASS/* or DATA/{train,validation,test}/CLASS/*),
+    /// or a CSV file (every row is scored).
     #[arg(long)]
     pub data: PathBuf,
+    /// Score as a multi-label classifier (sigmoid per label) even if the config does not say
+    /// problem_type "multi_label_classification".
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Multi-label decision threshold on the sigmoid probabilities, in [0, 1].
+    #[arg(long, allow_negative_numbers = true, default_value = "0.5", value_parser = args::real(Range::Unit))]
+    pub threshold: f64,
     /// Which split of a DATA/{train,validation,test} layout (a flat folder is used whole).
     #[arg(long, default_value = "validation")]
     pub split: String,
@@ -50,25 +59,34 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
         res: a.res,
         verbose: super::verbose(),
         eval_transform: a.eval_transform,
+        multi_label: a.multi_label,
+        threshold: a.threshold,
     };
-    let r = evaluate(&opts, adapter)?;
+    let r = match evaluate_any(&opts, adapter)? {
+        Evaluation::Single(r) => r,
+        Evaluation::Multi(r) => {
+            for (image, why) in &r.failed {
+                eprintln!("warning: skipped {image}: {why}");
+            }
+            super::warn_non_finite(r.non_finite.iter().cloned());
+            println!("{} images ({}), multi-label", r.scored, scope(a, &r.scope));
+            print!("{}", r.metrics.report(&r.labels));
+            if let Some(out) = &a.output {
+                let json = serde_json::to_string_pretty(&r.metrics.to_json(&r.labels))?;
+                crate::checkpoint::write_atomic(out, json.as_bytes())?;
+            }
+            return Ok(if r.failed.is_empty() && r.non_finite.is_empty() {
+                0
+            } else {
+                1
+            });
+        }
+    };
     for (image, why) in &r.failed {
         eprintln!("warning: skipped {image}: {why}");
     }
     super::warn_non_finite(r.non_finite.iter().cloned());
-    let scope = match &r.scope {
-        Scope::Split(s) => format!("{s} split"),
-        Scope::WholeFolder => {
-            eprintln!(
-                "note: {} has no train/validation/test split, so all its images are scored; \
-                 `vitgpu finetune --data` on this folder trains on most of them (keep held-out \
-                 images in DATA/validation or DATA/test to measure generalisation)",
-                a.data.display()
-            );
-            "all images".to_string()
-        }
-    };
-    println!("{} images ({scope})", r.scored);
+    println!("{} images ({})", r.scored, scope(a, &r.scope));
     print!("{}", r.metrics.report(&r.labels));
     if let Some(out) = &a.output {
         let json = serde_json::to_string_pretty(&r.metrics.to_json(&r.labels))?;
@@ -79,4 +97,21 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// Which images were scored, in words (with a note for a flat folder).
+fn scope(a: &EvalArgs, scope: &Scope) -> String {
+    match scope {
+        Scope::Split(s) => format!("{s} split"),
+        Scope::Csv => format!("every row of {}", a.data.display()),
+        Scope::WholeFolder => {
+            eprintln!(
+                "note: {} has no train/validation/test split, so all its images are scored; \
+                 `vitgpu finetune --data` on this folder trains on most of them (keep held-out \
+                 images in DATA/validation or DATA/test to measure generalisation)",
+                a.data.display()
+            );
+            "all images".to_string()
+        }
+    }
 }

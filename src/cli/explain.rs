@@ -2,7 +2,7 @@
 //! overlaid on it as a PNG named after the image and its top predicted label.
 
 use super::args;
-use crate::data::{self, Sample, Source};
+use crate::data::{self, EvalTransform, Sample, Source};
 use crate::explain::{explain_samples, sanitize_label, write_overlay, AttentionMap};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, softmax, Precision};
@@ -37,6 +37,11 @@ pub struct ExplainArgs {
     /// Storage precision on the GPU.
     #[arg(long, default_value = "f32", value_parser = args::precision())]
     pub precision: Precision,
+    /// How images are fitted to the model's input: `squash` (ViTImageProcessor's resize) or
+    /// `center-crop` (torchvision Resize + CenterCrop). Default: the checkpoint's own. With a
+    /// crop, the map is drawn over the crop the model saw.
+    #[arg(long, value_parser = args::eval_transform())]
+    pub eval_transform: Option<EvalTransform>,
     /// Image files or directories (walked recursively).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -58,17 +63,17 @@ pub fn run(a: &ExplainArgs, adapter: &AdapterChoice) -> Result<i32> {
             data::IMAGE_EXTENSIONS.join(" .")
         );
     }
-    let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res)?;
+    let (gpu, vit, mut pre) = open_model(&a.model, adapter, a.precision, a.res)?;
+    if let Some(t) = a.eval_transform {
+        pre.eval_transform = t;
+    }
     // Before any work: a bad layer index is an error naming the model's layers.
     a.layer.layer(vit.config().num_hidden_layers)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("cannot create the output folder {}", a.output.display()))?;
     let samples: Vec<Sample> = paths
         .iter()
-        .map(|p| Sample {
-            source: Source::File(p.clone()),
-            label: 0,
-        })
+        .map(|p| Sample::new(Source::File(p.clone()), 0))
         .collect();
     let out = explain_samples(&gpu, &vit, &pre, &samples, a.batch_size, a.layer)?;
     for (_, e) in &out.failed {
@@ -103,7 +108,7 @@ pub fn run(a: &ExplainArgs, adapter: &AdapterChoice) -> Result<i32> {
             name = format!("{stem}-{k}_{}.png", sanitize_label(&label));
         }
         let dest = a.output.join(&name);
-        write_overlay(image, &r.map, out.grid, a.alpha as f32, &dest)?;
+        write_overlay(image, &pre, &r.map, out.grid, a.alpha as f32, &dest)?;
         println!(
             "{} -> {}  {} {:.4}",
             image.display(),

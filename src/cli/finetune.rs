@@ -19,9 +19,28 @@ pub struct FinetuneArgs {
     /// Train from random init instead of a checkpoint: vit-tiny, vit-small, vit-base or vit-demo.
     #[arg(long, conflicts_with = "model")]
     pub config: Option<String>,
-    /// Image folder: DATA/train/CLASS/* (+ validation/ or val/, test/), or DATA/CLASS/*.
+    /// Image folder: DATA/train/CLASS/* (+ validation/ or val/, test/), or DATA/CLASS/*; or a
+    /// CSV file (`path,label`, `path,labels` with labels separated by ';', or `path` plus one
+    /// 0/1 column per label; paths relative to the CSV).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Validation CSV (with --data FILE.csv); without it --val-fraction splits the training CSV.
+    #[arg(long)]
+    pub val_data: Option<PathBuf>,
+    /// Test CSV (with --data FILE.csv).
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// CSV column (patient, slide, ...) whose groups are never on both sides of the
+    /// validation split.
+    #[arg(long)]
+    pub group_column: Option<String>,
+    /// Multi-label classification: sigmoid + binary cross-entropy per label (chosen anyway
+    /// when the checkpoint's config says problem_type "multi_label_classification").
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Multi-label decision threshold on the sigmoid probabilities, in [0, 1] (validation metrics).
+    #[arg(long, allow_negative_numbers = true, default_value = "0.5", value_parser = real(Range::Unit))]
+    pub threshold: f64,
     /// Output directory for the checkpoint, log.jsonl and vitgpu_run.json: new, empty, or an
     /// earlier vitgpu run.
     #[arg(long, default_value = "runs/vitgpu", value_parser = output_dir)]
@@ -36,7 +55,8 @@ pub struct FinetuneArgs {
     #[arg(long, allow_negative_numbers = true, default_value = "0", value_parser = real(Range::UnitHalfOpen))]
     pub label_smoothing: f64,
     /// Class weights of the cross-entropy: `balanced` (N / (C·n_c), scikit-learn's), `none`,
-    /// or a JSON file mapping class names to weights.
+    /// or a JSON file mapping class names to weights. Multi-label: the pos_weight of each
+    /// label (`balanced`: n_neg / n_pos).
     #[arg(long, default_value = "none", value_parser = class_weights)]
     pub class_weights: ClassWeights,
     /// Layer-wise learning-rate decay ρ in (0, 1] (BEiT/MAE/timm): the classifier and final
@@ -129,7 +149,7 @@ pub struct FinetuneArgs {
     /// CenterCrop). Default: the checkpoint's own (timm's crop for timm checkpoints).
     #[arg(long, value_parser = args::eval_transform())]
     pub eval_transform: Option<EvalTransform>,
-    /// Keep a fixed order: classes by name, files by name.
+    /// Keep a fixed order: classes by name, files by name (a CSV's row order).
     #[arg(long)]
     pub no_shuffle: bool,
     /// Validation share when DATA has no validation split, in [0, 1).
@@ -149,6 +169,11 @@ impl FinetuneArgs {
             model: self.model.clone(),
             config: self.config.clone(),
             data: self.data.clone(),
+            val_data: self.val_data.clone(),
+            test_data: self.test_data.clone(),
+            group_column: self.group_column.clone(),
+            multi_label: self.multi_label,
+            threshold: self.threshold,
             output: self.output.clone(),
             mode,
             res: self.res,
@@ -206,8 +231,13 @@ pub fn run(a: &FinetuneArgs, adapter: &AdapterChoice) -> Result<i32> {
         }
         Err(e) => return Err(e),
     };
-    if let Some(acc) = report.final_accuracy {
-        println!("validation accuracy: {:.2}%", acc * 100.0);
+    match (report.multi_label, report.final_accuracy) {
+        (true, Some(exact)) => {
+            let map = report.final_map.map_or("n/a".into(), |m| format!("{m:.4}"));
+            println!("validation mAP: {map}, exact match: {:.2}%", exact * 100.0);
+        }
+        (false, Some(acc)) => println!("validation accuracy: {:.2}%", acc * 100.0),
+        (_, None) => {}
     }
     if report.saved {
         println!("saved {}", opts.output.display());

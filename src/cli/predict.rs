@@ -1,9 +1,12 @@
-//! `vitgpu predict`: top-k labels (text) or logits and probabilities (JSON) of image files.
+//! `vitgpu predict`: top-k labels (text) or logits and probabilities (JSON) of image files;
+//! for a multi-label classifier every label at or above the threshold, with its sigmoid.
 
 use super::args;
 use crate::data::{self, EvalTransform, Sample, Source};
+use crate::eval::multilabel::sigmoid;
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, softmax, Precision};
+use crate::train::Range;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -41,6 +44,13 @@ pub struct PredictArgs {
     /// `center-crop` (torchvision Resize + CenterCrop). Default: the checkpoint's own.
     #[arg(long, value_parser = args::eval_transform())]
     pub eval_transform: Option<EvalTransform>,
+    /// Treat the model as multi-label (sigmoid per label) even if its config does not say
+    /// problem_type "multi_label_classification".
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Multi-label: labels whose sigmoid probability is at least this are shown, in [0, 1].
+    #[arg(long, allow_negative_numbers = true, default_value = "0.5", value_parser = args::real(Range::Unit))]
+    pub threshold: f64,
     /// Image files or directories (walked recursively).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -64,10 +74,7 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
     }
     let samples: Vec<Sample> = paths
         .iter()
-        .map(|p| Sample {
-            source: Source::File(p.clone()),
-            label: 0,
-        })
+        .map(|p| Sample::new(Source::File(p.clone()), 0))
         .collect();
     let out = predict_samples(&gpu, &vit, &pre, &samples, a.batch_size)?;
     for (_, e) in &out.failed {
@@ -76,7 +83,12 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
     let n = vit.num_labels();
     let bad = out.non_finite(n);
     super::warn_non_finite(bad.iter().map(|&i| paths[i].display().to_string()));
-    let probs = softmax(&gpu, &out.rows, n)?;
+    let multi = a.multi_label || vit.config().is_multi_label();
+    let probs = if multi {
+        out.rows.iter().map(|&x| sigmoid(x)).collect()
+    } else {
+        softmax(&gpu, &out.rows, n)?
+    };
     // (image, logits, probs) of each readable image, in input order.
     let preds: Vec<(&PathBuf, &[f32], &[f32])> = out
         .indices
@@ -90,7 +102,11 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
             )
         })
         .collect();
-    print(a, &vit.config().id2label, &preds)?;
+    if multi {
+        print_multi_label(a, &vit.config().id2label, &preds)?;
+    } else {
+        print(a, &vit.config().id2label, &preds)?;
+    }
     if !out.failed.is_empty() || !walk.skipped.is_empty() {
         eprintln!(
             "classified {} of {} files: {} unreadable, {} skipped",
@@ -142,6 +158,62 @@ fn print(a: &PredictArgs, labels: &[String], preds: &[(&PathBuf, &[f32], &[f32])
                         "logits": logits,
                         "probs": probs,
                         "top": top,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&arr)?);
+        }
+    }
+    Ok(())
+}
+
+/// Multi-label output: every label whose sigmoid probability is at least the threshold
+/// (highest first); in JSON also the sigmoid of every label (`probabilities`).
+fn print_multi_label(
+    a: &PredictArgs,
+    labels: &[String],
+    preds: &[(&PathBuf, &[f32], &[f32])],
+) -> Result<()> {
+    let label = |i: usize| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("LABEL_{i}"))
+    };
+    let above = |probs: &[f32]| {
+        let mut idx: Vec<usize> = (0..probs.len())
+            .filter(|&i| probs[i] as f64 >= a.threshold)
+            .collect();
+        idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        idx
+    };
+    match a.format {
+        Format::Text => {
+            for (image, _, probs) in preds {
+                println!("{}", image.display());
+                let idx = above(probs);
+                if idx.is_empty() {
+                    println!("  (no label at or above the threshold {})", a.threshold);
+                }
+                for i in idx {
+                    println!("  {:>7.4}  {}", probs[i], label(i));
+                }
+            }
+        }
+        Format::Json => {
+            let arr: Vec<serde_json::Value> = preds
+                .iter()
+                .map(|(image, logits, probs)| {
+                    let chosen: Vec<_> = above(probs)
+                        .into_iter()
+                        .map(|i| serde_json::json!({"label": label(i), "score": probs[i]}))
+                        .collect();
+                    serde_json::json!({
+                        "image": image.display().to_string(),
+                        "logits": logits,
+                        "probabilities": probs,
+                        "threshold": a.threshold,
+                        "labels": chosen,
                     })
                 })
                 .collect();

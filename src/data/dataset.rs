@@ -22,11 +22,32 @@ pub enum Source {
 pub struct Sample {
     /// Where the pixels come from.
     pub source: Source,
-    /// Class index into [`Dataset::classes`].
+    /// Class index into [`Dataset::classes`]. For a multi-label sample: its first label (0
+    /// when it has none); its labels are in `labels`.
     pub label: usize,
+    /// Every label of a multi-label sample (ascending indices into [`Dataset::classes`],
+    /// possibly none); None for a single-label sample, whose one label is `label`.
+    pub labels: Option<Vec<usize>>,
 }
 
 impl Sample {
+    /// A single-label sample.
+    pub fn new(source: Source, label: usize) -> Sample {
+        Sample {
+            source,
+            label,
+            labels: None,
+        }
+    }
+
+    /// The labels the image has: `labels` of a multi-label sample, else `[label]`.
+    pub fn positives(&self) -> &[usize] {
+        match &self.labels {
+            Some(v) => v,
+            None => std::slice::from_ref(&self.label),
+        }
+    }
+
     /// The pixels as RGB (decoded as PIL would; see [`super::load_rgb`]).
     pub fn load(&self) -> Result<RgbImage> {
         match &self.source {
@@ -52,7 +73,9 @@ pub struct Dataset {
     pub train: Vec<Sample>,
     /// Validation samples (a folder of their own, or split off the training folder).
     pub validation: Vec<Sample>,
-    /// Test samples (`DIR/test`), if any.
+    /// True when the data gives several labels per image (a multi-label CSV).
+    pub multi_label: bool,
+    /// Test samples (`DIR/test`, `--test-data`), if any.
     pub test: Vec<Sample>,
     /// Entries of the data folder that are not samples (non-image files, files outside a
     /// class folder, broken or looping symbolic links), with the reason: for `-v` listings.
@@ -111,10 +134,7 @@ fn labelled_split(
             );
         };
         for f in files_of(&path, skipped)? {
-            out.push(Sample {
-                source: Source::File(f),
-                label,
-            });
+            out.push(Sample::new(Source::File(f), label));
         }
     }
     Ok(out)
@@ -158,10 +178,7 @@ impl Dataset {
             }
             let mut samples: Vec<Sample> = files
                 .into_iter()
-                .map(|f| Sample {
-                    source: Source::File(f),
-                    label,
-                })
+                .map(|f| Sample::new(Source::File(f), label))
                 .collect();
             if split && val_fraction > 0.0 {
                 rng.shuffle(&mut samples);
@@ -221,10 +238,7 @@ impl Dataset {
                 let v = vals[(y * 28 + x) as usize];
                 image::Rgb([v, v, v])
             });
-            let s = Sample {
-                source: Source::Memory(Arc::new(img)),
-                label: vals[784] as usize,
-            };
+            let s = Sample::new(Source::Memory(Arc::new(img)), vals[784] as usize);
             if i % 10 == 9 {
                 ds.validation.push(s);
             } else {

@@ -132,23 +132,41 @@ pub fn mix_pixels(pixels: &mut [f32], b: usize, c: usize, h: usize, w: usize, mi
 pub fn mixed_targets(labels: &[u32], classes: usize, lam: f64, smoothing: f64) -> Vec<f32> {
     let off = (smoothing / classes as f64) as f32;
     let on = (1.0 - smoothing + smoothing / classes as f64) as f32;
-    let (l, m) = (lam as f32, (1.0 - lam) as f32);
-    let b = labels.len();
-    let mut t = vec![0.0f32; b * classes];
+    let mut t = vec![off; labels.len() * classes];
     for (i, &y) in labels.iter().enumerate() {
-        let yf = labels[b - 1 - i] as usize;
-        for c in 0..classes {
-            let y1 = if c == y as usize { on } else { off };
-            let y2 = if c == yf { on } else { off };
-            t[i * classes + c] = y1 * l + y2 * m;
-        }
+        t[i * classes + y as usize] = on;
     }
-    t
+    mix_rows(&t, labels.len(), lam)
+}
+
+/// Target rows (B, C) mixed as the images are: row i becomes λ·t_i + (1 − λ)·t_{B−1−i} (the
+/// batch's flip). Multi-hot targets of multi-label data are mixed this way too.
+pub fn mix_rows(targets: &[f32], b: usize, lam: f64) -> Vec<f32> {
+    let (l, m) = (lam as f32, (1.0 - lam) as f32);
+    let c = targets.len() / b.max(1);
+    let row = |i: usize| &targets[i * c..(i + 1) * c];
+    (0..b)
+        .flat_map(|i| {
+            row(i)
+                .iter()
+                .zip(row(b - 1 - i))
+                .map(|(y1, y2)| y1 * l + y2 * m)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_hot_rows_mix_with_the_flipped_batch() {
+        // Three images with labels {0, 2}, {}, {1}: row i is λ·t_i + (1 − λ)·t_{2−i}.
+        let t = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let m = mix_rows(&t, 3, 0.75);
+        assert_eq!(m, vec![0.75, 0.25, 0.75, 0.0, 0.0, 0.0, 0.25, 0.75, 0.25]);
+        assert_eq!(mix_rows(&t, 3, 1.0), t.to_vec());
+    }
 
     #[test]
     fn draws_follow_the_switch_probability_and_repeat_under_a_seed() {

@@ -1,6 +1,7 @@
 //! Image decoding, preprocessing and datasets.
 
 pub mod augment;
+pub mod csv;
 pub mod dataset;
 pub mod decode;
 pub mod loader;
@@ -11,6 +12,7 @@ pub mod walk;
 
 pub use crate::rng::Rng;
 pub use augment::*;
+pub use csv::{is_csv_path, CsvForm, CsvSplits, CsvTable};
 pub use dataset::{Dataset, Sample, Source};
 pub use decode::*;
 pub use loader::{Batch, Loader, Unreadable};

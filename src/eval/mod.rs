@@ -1,13 +1,17 @@
 //! `vitgpu eval`: a classifier's accuracy, per-class precision/recall/F1 and confusion matrix
-//! on a labelled image folder.
+//! on a labelled image folder or CSV; for a multi-label classifier mAP, F1, per-label AUROC,
+//! exact match and Hamming loss.
 
+pub mod curves;
 pub mod metrics;
+pub mod multilabel;
 
-use crate::data::{Dataset, EvalTransform, Sample, Unreadable};
+use crate::data::{is_csv_path, CsvTable, Dataset, EvalTransform, Sample, Unreadable};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, Precision};
 use anyhow::{bail, Context, Result};
 use metrics::Metrics;
+use multilabel::{multi_hot, MultiLabelMetrics};
 use std::path::PathBuf;
 
 /// What to evaluate, and how.
@@ -15,7 +19,7 @@ use std::path::PathBuf;
 pub struct EvalOptions {
     /// Model directory (a classifier).
     pub model: PathBuf,
-    /// Image folder: DATA/CLASS/* or DATA/{train,validation,test}/CLASS/*.
+    /// Image folder (DATA/CLASS/* or DATA/{train,validation,test}/CLASS/*) or a CSV file.
     pub data: PathBuf,
     /// Split of a DATA/{train,validation,test} layout; a flat folder is used whole.
     pub split: String,
@@ -30,6 +34,10 @@ pub struct EvalOptions {
     /// How images are fitted to the model's input; None: the checkpoint's own (its
     /// preprocessor_config.json, timm's `pretrained_cfg`).
     pub eval_transform: Option<EvalTransform>,
+    /// Score as a multi-label classifier even when the config does not say so.
+    pub multi_label: bool,
+    /// Multi-label decision threshold on the sigmoid probabilities.
+    pub threshold: f64,
 }
 
 /// Which images of the data folder were scored.
@@ -39,6 +47,8 @@ pub enum Scope {
     Split(String),
     /// Every image of a flat DATA/CLASS/* folder (fine-tuning on DATA trains on most of them).
     WholeFolder,
+    /// Every row of a CSV file.
+    Csv,
 }
 
 /// The outcome of an evaluation.
@@ -59,15 +69,66 @@ pub struct EvalReport {
     pub non_finite: Vec<String>,
 }
 
-/// Scores a classifier on a labelled folder: errors when no image of it can be read.
+/// The outcome of a multi-label evaluation.
+pub struct MultiLabelReport {
+    /// The model's labels.
+    pub labels: Vec<String>,
+    /// Metrics over the readable images.
+    pub metrics: MultiLabelMetrics,
+    /// Images scored.
+    pub scored: usize,
+    /// Images in the split (scored + unreadable).
+    pub total: usize,
+    /// Which images these are.
+    pub scope: Scope,
+    /// (image, reason) of the unreadable ones.
+    pub failed: Vec<(String, String)>,
+    /// Images whose logits hold inf or NaN.
+    pub non_finite: Vec<String>,
+}
+
+/// A single-label or a multi-label evaluation.
+pub enum Evaluation {
+    /// One class per image: accuracy, per-class table, confusion matrix.
+    Single(EvalReport),
+    /// Any number of labels per image (`problem_type: "multi_label_classification"` or
+    /// [`EvalOptions::multi_label`]).
+    Multi(MultiLabelReport),
+}
+
+/// Scores a single-label classifier on a labelled folder or CSV: errors when no image of it
+/// can be read, or when the model is multi-label (see [`evaluate_any`]).
 pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalReport> {
-    let (ds, samples, scope) = eval_samples(opts)?;
+    match evaluate_any(opts, adapter)? {
+        Evaluation::Single(r) => Ok(r),
+        Evaluation::Multi(_) => bail!("{} is a multi-label classifier", opts.model.display()),
+    }
+}
+
+/// Scores a classifier, single- or multi-label as its config (or the options) say, on a
+/// labelled folder or CSV: errors when no image of it can be read.
+pub fn evaluate_any(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<Evaluation> {
+    let (ds, samples, scope, table) = eval_samples(opts)?;
     let (gpu, vit, mut pre) = open_model(&opts.model, adapter, opts.precision, opts.res)?;
     if let Some(t) = opts.eval_transform {
         pre.eval_transform = t;
     }
     let labels = vit.config().id2label.clone();
-    let samples = relabel(samples, &ds.classes, &labels)?;
+    let multi = opts.multi_label || vit.config().is_multi_label();
+    if ds.multi_label && !multi {
+        bail!(
+            "{} gives several labels per image, but {} is a single-label classifier (its config \
+             has no problem_type \"multi_label_classification\"): pass --multi-label to score it \
+             as multi-label",
+            opts.data.display(),
+            opts.model.display()
+        );
+    }
+    let samples = match table {
+        // By name against the model's labels, so an unknown one is named with its row.
+        Some(t) => t.samples(&labels)?,
+        None => relabel(samples, &ds.classes, &labels)?,
+    };
     let out = predict_samples(&gpu, &vit, &pre, &samples, opts.batch_size)?;
     if out.indices.is_empty() {
         let mut unreadable = Unreadable::default();
@@ -79,6 +140,21 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
         .into_iter()
         .map(|i| samples[i].describe())
         .collect();
+    if multi {
+        let truth = multi_hot(out.indices.iter().map(|&i| &samples[i]), labels.len());
+        let metrics =
+            MultiLabelMetrics::from_logits(&out.rows, &truth, labels.len(), opts.threshold)
+                .context("no readable images to evaluate")?;
+        return Ok(Evaluation::Multi(MultiLabelReport {
+            labels,
+            metrics,
+            scored: out.indices.len(),
+            total: samples.len(),
+            scope,
+            failed: out.failed,
+            non_finite,
+        }));
+    }
     let truth: Vec<u32> = out
         .indices
         .iter()
@@ -86,7 +162,7 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
         .collect();
     let metrics = Metrics::compute(&out.rows, &truth, labels.len())
         .context("no readable images to evaluate")?;
-    Ok(EvalReport {
+    Ok(Evaluation::Single(EvalReport {
         labels,
         metrics,
         scored: truth.len(),
@@ -94,17 +170,29 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
         scope,
         failed: out.failed,
         non_finite,
-    })
+    }))
 }
 
-/// The dataset and the samples to score: the named split of a split layout, or a flat
-/// folder whole.
-fn eval_samples(opts: &EvalOptions) -> Result<(Dataset, Vec<Sample>, Scope)> {
+/// The samples to score, from a folder, or the rows of a CSV; the named split of a split
+/// layout, or a flat folder whole.
+type EvalSamples = (Dataset, Vec<Sample>, Scope, Option<CsvTable>);
+
+/// The dataset and the samples to score: the named split of a split layout, a flat folder
+/// whole, or every row of a CSV (with the table, to label its rows by the model's labels).
+fn eval_samples(opts: &EvalOptions) -> Result<EvalSamples> {
+    if is_csv_path(&opts.data) {
+        let t = CsvTable::read(&opts.data, None)?;
+        let ds = Dataset {
+            multi_label: t.form.is_multi_label(),
+            ..Default::default()
+        };
+        return Ok((ds, Vec::new(), Scope::Csv, Some(t)));
+    }
     let ds = Dataset::image_folder(&opts.data, 0.0, 0)?;
     crate::data::report_skipped(&ds.skipped, opts.verbose);
     if !opts.data.join("train").is_dir() {
         let all = ds.train.clone();
-        return Ok((ds, all, Scope::WholeFolder));
+        return Ok((ds, all, Scope::WholeFolder, None));
     }
     let s = ds.split(&opts.split)?.to_vec();
     if s.is_empty() {
@@ -116,7 +204,7 @@ fn eval_samples(opts: &EvalOptions) -> Result<(Dataset, Vec<Sample>, Scope)> {
             opts.split
         );
     }
-    Ok((ds, s, Scope::Split(opts.split.clone())))
+    Ok((ds, s, Scope::Split(opts.split.clone()), None))
 }
 
 /// Dataset class ids → the model's label ids, by name.
@@ -135,6 +223,10 @@ fn relabel(samples: Vec<Sample>, classes: &[String], labels: &[String]) -> Resul
         .into_iter()
         .map(|mut s| {
             s.label = map[s.label];
+            if let Some(v) = &mut s.labels {
+                v.iter_mut().for_each(|l| *l = map[*l]);
+                v.sort_unstable();
+            }
             s
         })
         .collect())

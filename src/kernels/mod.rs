@@ -6,6 +6,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod bce;
 mod check;
 pub mod common;
 pub mod embed;

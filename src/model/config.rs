@@ -35,6 +35,9 @@ impl Activation {
     }
 }
 
+/// transformers' `problem_type` of a multi-label classifier.
+pub const MULTI_LABEL: &str = "multi_label_classification";
+
 /// Keys of `config.json` that `Config` regenerates itself and so does not keep in `extra`.
 const GENERATED_KEYS: &[&str] = &[
     "model_type",
@@ -292,6 +295,18 @@ impl Config {
             set("label2id", Value::Object(label2id));
         }
         Value::Object(m.into_iter().collect())
+    }
+
+    /// True when `problem_type` is `"multi_label_classification"` (transformers then trains
+    /// with sigmoid + binary cross-entropy per label).
+    pub fn is_multi_label(&self) -> bool {
+        self.extra.get("problem_type").and_then(Value::as_str) == Some(MULTI_LABEL)
+    }
+
+    /// Sets `problem_type` to `"multi_label_classification"`.
+    pub fn set_multi_label(&mut self) {
+        self.extra
+            .insert("problem_type".into(), Value::String(MULTI_LABEL.into()));
     }
 
     /// Number of classes of the classification head (0 for a backbone).

@@ -21,8 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// How a run ended.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    /// Validation accuracy after the last evaluation, if any.
+    /// Validation accuracy after the last evaluation, if any (multi-label: exact match).
     pub final_accuracy: Option<f64>,
+    /// Multi-label validation mAP after the last evaluation, if any.
+    pub final_map: Option<f64>,
+    /// The run trained a multi-label classifier.
+    pub multi_label: bool,
     /// Optimizer steps applied.
     pub steps: usize,
     /// Ctrl-C (the stop flag) ended the run early.

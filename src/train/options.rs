@@ -25,9 +25,11 @@ pub enum ClassWeights {
     /// All ones (the plain loss).
     #[default]
     None,
-    /// scikit-learn's `balanced`: w_c = N / (C · n_c) over the training split.
+    /// scikit-learn's `balanced`: w_c = N / (C · n_c) over the training split; multi-label:
+    /// pos_weight_l = n_neg / n_pos of each label.
     Balanced,
-    /// A JSON object mapping class names to weights (every class named).
+    /// A JSON object mapping class names to weights (every class named); multi-label: to
+    /// pos_weights.
     File(PathBuf),
 }
 
@@ -83,8 +85,19 @@ pub struct TrainOptions {
     pub model: Option<PathBuf>,
     /// Preset for a random init instead of a checkpoint: vit-tiny, vit-small, vit-base or vit-demo.
     pub config: Option<String>,
-    /// ImageFolder; with no model, config and data: the embedded MNIST demo.
+    /// ImageFolder or CSV file; with no model, config and data: the embedded MNIST demo.
     pub data: Option<PathBuf>,
+    /// Validation CSV (with a CSV `data`); without it `val_fraction` splits the training CSV.
+    pub val_data: Option<PathBuf>,
+    /// Test CSV (with a CSV `data`).
+    pub test_data: Option<PathBuf>,
+    /// CSV column whose groups (patients, slides, ...) never straddle the validation split.
+    pub group_column: Option<String>,
+    /// Multi-label classification: sigmoid + binary cross-entropy per label (also chosen by a
+    /// checkpoint whose config says `problem_type: "multi_label_classification"`).
+    pub multi_label: bool,
+    /// Decision threshold on the sigmoid probabilities of multi-label validation metrics.
+    pub threshold: f64,
     /// Output directory: the checkpoint, log.jsonl and the run file.
     pub output: PathBuf,
     /// Which parameters train.
@@ -161,6 +174,11 @@ impl Default for TrainOptions {
             model: None,
             config: None,
             data: None,
+            val_data: None,
+            test_data: None,
+            group_column: None,
+            multi_label: false,
+            threshold: 0.5,
             output: PathBuf::from("runs/vitgpu"),
             mode: Mode::Full,
             res: None,
@@ -240,6 +258,7 @@ impl TrainOptions {
             ("--drop-path", Some(self.drop_path), Range::UnitHalfOpen),
             ("--mixup", self.mixup, Range::Positive),
             ("--cutmix", self.cutmix, Range::Positive),
+            ("--threshold", Some(self.threshold), Range::Unit),
         ];
         for (flag, v, range) in reals {
             if let Some(Err(e)) = v.map(|v| range.check(v)) {

@@ -3,7 +3,7 @@
 
 use super::options::{ClassWeights, Mode, TrainOptions};
 use crate::checkpoint::{self, StoredDtype};
-use crate::data::{Dataset, PreprocessorConfig, Rng};
+use crate::data::{CsvSplits, Dataset, PreprocessorConfig, Rng};
 use crate::eval::preview;
 use crate::infer::preprocessor_for;
 use crate::model::{params, Config, HostTensor, ParamTable};
@@ -29,8 +29,11 @@ pub struct Setup {
     pub save_dtype: StoredDtype,
     /// The first checkpoint tensor holding inf or NaN, if any (to explain a diverged run).
     pub non_finite_param: Option<String>,
-    /// Cross-entropy weight of each class (in `config.id2label` order), if weighted.
+    /// Cross-entropy weight of each class (in `config.id2label` order), if weighted; for
+    /// multi-label training the `pos_weight` of each label.
     pub class_weights: Option<Vec<f32>>,
+    /// Multi-label classification (sigmoid + binary cross-entropy per label).
+    pub multi_label: bool,
 }
 
 /// The starting weights and what comes with them.
@@ -55,13 +58,15 @@ pub fn prepare(o: &TrainOptions) -> Result<Setup> {
         start.pre.eval_transform = t;
     }
     check_fits(&start.config, start.pre.height, o.mode)?;
+    let multi_label = problem_type(o, &mut start.config, &dataset)?;
     fit_head(&mut start, &dataset.classes, &mut rng)?;
     if let Some(p) = &start.non_finite {
         eprintln!("warning: the starting weights hold inf/NaN values (tensor {p})");
     }
-    let class_weights = class_weights(&o.class_weights, &dataset)?;
+    let class_weights = class_weights(&o.class_weights, &dataset, multi_label)?;
     Ok(Setup {
         class_weights,
+        multi_label,
         config: start.config,
         host: start.host,
         dataset,
@@ -71,8 +76,59 @@ pub fn prepare(o: &TrainOptions) -> Result<Setup> {
     })
 }
 
+/// Multi-label when `--multi-label` says so or the checkpoint's config does (transformers'
+/// `problem_type`); the config then says so too, so the saved model is read the same way.
+fn problem_type(o: &TrainOptions, config: &mut Config, ds: &Dataset) -> Result<bool> {
+    let from_config = config.is_multi_label();
+    if from_config && !o.multi_label {
+        eprintln!(
+            "multi-label classification: the checkpoint's config says problem_type \"{}\"",
+            crate::model::config::MULTI_LABEL
+        );
+    }
+    let multi = o.multi_label || from_config;
+    if ds.multi_label && !multi {
+        bail!(
+            "{} gives several labels per image (a `labels` column or 0/1 label columns): pass \
+             --multi-label to train a multi-label classifier, or give one class per image in a \
+             `label` column",
+            o.data.as_deref().unwrap_or(Path::new("the data")).display()
+        );
+    }
+    if multi && o.label_smoothing > 0.0 {
+        bail!(
+            "--label-smoothing applies to the single-label cross-entropy; multi-label training \
+             uses the binary cross-entropy of PyTorch's BCEWithLogitsLoss, which has none: drop \
+             --label-smoothing"
+        );
+    }
+    if multi {
+        config.set_multi_label();
+    }
+    Ok(multi)
+}
+
 fn load_dataset(o: &TrainOptions) -> Result<Dataset> {
+    let csv = o.data.as_deref().is_some_and(crate::data::is_csv_path);
+    if !csv {
+        let flags = [
+            ("--val-data", o.val_data.is_some()),
+            ("--test-data", o.test_data.is_some()),
+            ("--group-column", o.group_column.is_some()),
+        ];
+        if let Some((flag, _)) = flags.iter().find(|(_, given)| *given) {
+            bail!("{flag} needs a CSV training set: --data FILE.csv");
+        }
+    }
     let dataset = match &o.data {
+        Some(d) if csv => Dataset::from_csv(&CsvSplits {
+            train: d.clone(),
+            validation: o.val_data.clone(),
+            test: o.test_data.clone(),
+            val_fraction: o.val_fraction,
+            seed: o.seed,
+            group_column: o.group_column.clone(),
+        })?,
         Some(d) => Dataset::image_folder(d, o.val_fraction, o.seed)?,
         None if o.is_demo() => Dataset::mnist_embedded()?,
         None => bail!("--data DIR is required with --model/--config (or give neither to run the embedded MNIST demo)"),
@@ -82,7 +138,7 @@ fn load_dataset(o: &TrainOptions) -> Result<Dataset> {
         bail!("the training split has no images");
     }
     report_class_counts(&dataset);
-    if let [only] = &dataset.classes[..] {
+    if let (false, [only]) = (dataset.multi_label, &dataset.classes[..]) {
         eprintln!(
             "warning: the dataset has one class ('{only}'): a classifier learns nothing from it; \
              put each class's images in a folder of its own"
@@ -204,11 +260,13 @@ fn fit_head(start: &mut Start, classes: &[String], rng: &mut Rng) -> Result<()> 
     Ok(())
 }
 
-/// Images per class of a split.
+/// Images per class of a split (multi-label: images having each label).
 fn class_counts(samples: &[crate::data::Sample], classes: usize) -> Vec<usize> {
     let mut n = vec![0; classes];
     for s in samples {
-        n[s.label] += 1;
+        for &l in s.positives() {
+            n[l] += 1;
+        }
     }
     n
 }
@@ -252,11 +310,29 @@ fn report_class_counts(ds: &Dataset) {
     }
 }
 
-/// The cross-entropy's class weights, in the dataset's class order (None: unweighted).
-fn class_weights(cw: &ClassWeights, ds: &Dataset) -> Result<Option<Vec<f32>>> {
+/// The cross-entropy's class weights, in the dataset's class order (None: unweighted); for
+/// multi-label training the binary cross-entropy's pos_weight of each label.
+fn class_weights(cw: &ClassWeights, ds: &Dataset, multi_label: bool) -> Result<Option<Vec<f32>>> {
     let c = ds.classes.len();
     match cw {
         ClassWeights::None => Ok(None),
+        ClassWeights::Balanced if multi_label => {
+            let n = class_counts(&ds.train, c);
+            let total = ds.train.len();
+            // PyTorch's recipe for BCEWithLogitsLoss(pos_weight=): n_neg / n_pos. A label no
+            // training image has never meets a positive target, so its weight is unused: 1.
+            Ok(Some(
+                n.iter()
+                    .map(|&k| {
+                        if k == 0 {
+                            1.0
+                        } else {
+                            ((total - k) as f64 / k as f64) as f32
+                        }
+                    })
+                    .collect(),
+            ))
+        }
         ClassWeights::Balanced => {
             let n = class_counts(&ds.train, c);
             let total = ds.train.len() as f64;

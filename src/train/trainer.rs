@@ -10,9 +10,11 @@ use super::{Diverged, Report};
 use crate::checkpoint;
 use crate::data::{balanced_order, mixup, Batch, Loader, MixupConfig, Rng, Sample, Unreadable};
 use crate::eval::metrics::loss_and_accuracy;
+use crate::eval::multilabel::{multi_hot, MultiLabelMetrics};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
 use crate::kernels::adamw::AdamWStep;
+use crate::kernels::bce::Bce;
 use crate::kernels::softmax::CrossEntropy;
 use crate::model::Vit;
 use crate::rng::stream_seed;
@@ -85,6 +87,8 @@ struct Progress {
     /// Unreadable images (by name, each once) and why.
     skipped: Unreadable,
     accuracy: Option<f64>,
+    /// Multi-label validation mAP after the last evaluation.
+    map: Option<f64>,
     /// The step of the last checkpoint written.
     saved_step: Option<usize>,
     started: Instant,
@@ -205,6 +209,7 @@ impl<'a> Trainer<'a> {
                 images_seen: 0,
                 skipped: Unreadable::default(),
                 accuracy: None,
+                map: None,
                 saved_step: None,
                 started: Instant::now(),
                 bar,
@@ -230,6 +235,8 @@ impl<'a> Trainer<'a> {
         }
         Ok(Report {
             final_accuracy: self.p.accuracy,
+            final_map: self.p.map,
+            multi_label: self.setup.multi_label,
             steps: self.p.step,
             interrupted,
             saved: self.p.saved_step.is_some(),
@@ -333,27 +340,31 @@ impl<'a> Trainer<'a> {
     }
 
     /// Mixup/CutMix of a micro-batch of images (timm's `Mixup`, mode 'batch'): the mixed
-    /// pixels and the soft targets (B, classes); None when both are off.
-    fn mix(&self, batch: &Batch, micro: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        let cfg = MixupConfig {
+    /// pixels and the mixing draw; None when both are off.
+    fn mix(&self, batch: &Batch, micro: usize) -> Option<(Vec<f32>, f64)> {
+        let res = self.setup.pre.height;
+        let mix = self
+            .mixup_config()
+            .draw(res, res, &mut self.step_rng(STREAM_MIX, micro))?;
+        let b = batch.labels.len();
+        let mut pixels = batch.pixels.clone();
+        mixup::mix_pixels(&mut pixels, b, 3, res, res, &mix);
+        Some((pixels, mix.lam()))
+    }
+
+    fn mixup_config(&self) -> MixupConfig {
+        MixupConfig {
             mixup_alpha: self.opts.mixup,
             cutmix_alpha: self.opts.cutmix,
             label_smoothing: self.opts.label_smoothing,
             switch_prob: 0.5,
-        };
-        let res = self.setup.pre.height;
-        let mix = cfg.draw(res, res, &mut self.step_rng(STREAM_MIX, micro))?;
-        let b = batch.labels.len();
-        let mut pixels = batch.pixels.clone();
-        mixup::mix_pixels(&mut pixels, b, 3, res, res, &mix);
-        let classes = self.vit.num_labels();
-        let targets = mixup::mixed_targets(&batch.labels, classes, mix.lam(), cfg.label_smoothing);
-        Some((pixels, targets))
+        }
     }
 
     /// Forward + backward of one micro-batch (recorded, not waited for); returns its
     /// per-example losses and what their sum is divided by for the mean (Σ w_y, PyTorch's
-    /// weighted mean; the batch size without class weights or with mixed soft targets).
+    /// weighted mean; the batch size without class weights or with mixed soft targets; batch ×
+    /// labels for multi-label).
     fn forward_backward(
         &self,
         batch: &Batch,
@@ -362,7 +373,6 @@ impl<'a> Trainer<'a> {
     ) -> Result<(GpuTensor, f32)> {
         let gpu = self.gpu;
         let b = batch.labels.len();
-        let labels = gpu.upload_u32(&batch.labels);
         let mixed = if cached { None } else { self.mix(batch, micro) };
         let drop = if cached {
             None
@@ -379,38 +389,87 @@ impl<'a> Trainer<'a> {
             let pixels = gpu.upload(px, &[b, 3, res, res], DType::F32)?;
             self.vit.forward_train(&mut g, &pixels, drop.as_ref())?
         };
+        let lam = mixed.map(|(_, lam)| lam);
+        let (losses, norm, dlogits) = if self.setup.multi_label {
+            self.bce_loss(batch, &logits.t, lam)?
+        } else {
+            self.cross_entropy_loss(batch, &logits.t, lam)?
+        };
+        g.backward(&logits, dlogits)?;
+        Ok((losses, norm))
+    }
+
+    /// Sigmoid + binary cross-entropy per label, the mean over batch × labels (PyTorch's
+    /// BCEWithLogitsLoss, transformers' multi_label_classification); with mixup, the multi-hot
+    /// targets mixed as the images are. Returns (losses, norm, dlogits).
+    fn bce_loss(
+        &self,
+        batch: &Batch,
+        logits: &GpuTensor,
+        lam: Option<f64>,
+    ) -> Result<(GpuTensor, f32, GpuTensor)> {
+        let gpu = self.gpu;
+        let (b, n) = (batch.labels.len(), self.vit.num_labels());
+        let train = &self.setup.dataset.train;
+        let mut targets = multi_hot(batch.indices.iter().map(|&i| &train[i]), n);
+        if let Some(lam) = lam {
+            targets = mixup::mix_rows(&targets, b, lam);
+        }
+        let targets = gpu.upload(&targets, &[b, n], DType::F32)?;
+        let bce = Bce {
+            pos_weight: self.class_weights.as_ref(),
+        };
+        let norm = (b * n) as f32;
+        let losses = gpu.alloc(&[b, n], DType::F32)?;
+        bce.forward(gpu, &losses, logits, &targets);
+        let dlogits = gpu.alloc(&logits.shape, DType::F32)?;
+        let scale = self.scaler.scale / (norm * self.opts.grad_accum as f32);
+        bce.backward(gpu, &dlogits, logits, &targets, scale);
+        Ok((losses, norm, dlogits))
+    }
+
+    /// Softmax cross-entropy with PyTorch's class weights and label smoothing; with mixup,
+    /// timm's SoftTargetCrossEntropy on the mixed targets. Returns (losses, norm, dlogits).
+    fn cross_entropy_loss(
+        &self,
+        batch: &Batch,
+        logits: &GpuTensor,
+        lam: Option<f64>,
+    ) -> Result<(GpuTensor, f32, GpuTensor)> {
+        let gpu = self.gpu;
+        let b = batch.labels.len();
         let mut ce = CrossEntropy {
             weights: self.class_weights.as_ref(),
             smoothing: self.opts.label_smoothing as f32,
         };
-        if let Some((_, targets)) = &mixed {
-            // timm's SoftTargetCrossEntropy on the mixed targets (smoothing is in them).
+        let losses = gpu.alloc(&[b], DType::F32)?;
+        let dlogits = gpu.alloc(&logits.shape, DType::F32)?;
+        if let Some(lam) = lam {
+            // The smoothing is in the targets.
             ce.smoothing = 0.0;
-            let t = gpu.upload(targets, &[b, self.vit.num_labels()], DType::F32)?;
-            let losses = gpu.alloc(&[b], DType::F32)?;
-            ce.forward_soft(gpu, &losses, &logits.t, &t);
-            let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
+            let n = self.vit.num_labels();
+            let eps = self.opts.label_smoothing;
+            let t = mixup::mixed_targets(&batch.labels, n, lam, eps);
+            let t = gpu.upload(&t, &[b, n], DType::F32)?;
+            ce.forward_soft(gpu, &losses, logits, &t);
             let scale = self.scaler.scale / (b as f32 * self.opts.grad_accum as f32);
-            ce.backward_soft(gpu, &dlogits, &logits.t, &t, scale);
-            g.backward(&logits, dlogits)?;
-            return Ok((losses, b as f32));
+            ce.backward_soft(gpu, &dlogits, logits, &t, scale);
+            return Ok((losses, b as f32, dlogits));
         }
+        let labels = gpu.upload_u32(&batch.labels);
         let norm = match &self.setup.class_weights {
             Some(w) => batch.labels.iter().map(|&y| w[y as usize]).sum::<f32>(),
             None => b as f32,
         };
-        let losses = gpu.alloc(&[b], DType::F32)?;
-        ce.forward(gpu, &losses, &logits.t, &labels);
-        let dlogits = gpu.alloc(&logits.t.shape, DType::F32)?;
+        ce.forward(gpu, &losses, logits, &labels);
         // A batch whose classes all weigh 0 contributes nothing (PyTorch would divide 0 by 0).
         let scale = if norm > 0.0 {
             self.scaler.scale / (norm * self.opts.grad_accum as f32)
         } else {
             0.0
         };
-        ce.backward(gpu, &dlogits, &logits.t, &labels, scale);
-        g.backward(&logits, dlogits)?;
-        Ok((losses, norm))
+        ce.backward(gpu, &dlogits, logits, &labels, scale);
+        Ok((losses, norm, dlogits))
     }
 
     /// The model's own classifier on cached CLS features (B, C): logits (B, L).
@@ -603,11 +662,16 @@ impl<'a> Trainer<'a> {
         if self.setup.dataset.validation.is_empty() {
             return Ok(());
         }
-        let (logits, labels, failed) = self.validation_logits()?;
+        let (logits, idx, failed) = self.validation_logits()?;
         self.note_skipped(&failed);
         if self.stopped() {
             return Ok(());
         }
+        let val = &self.setup.dataset.validation;
+        if self.setup.multi_label {
+            return self.evaluate_multi_label(epoch, &logits, &idx);
+        }
+        let labels: Vec<u32> = idx.iter().map(|&i| val[i].label as u32).collect();
         let Some((loss, acc)) = loss_and_accuracy(&logits, &labels, self.vit.num_labels()) else {
             eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
             return Ok(());
@@ -626,10 +690,38 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Logits and labels of the readable validation samples, and the unreadable ones.
-    fn validation_logits(&self) -> Result<(Vec<f32>, Vec<u32>, Failed)> {
+    /// Multi-label validation: the mean binary cross-entropy (without pos_weight, as the
+    /// single-label loss is unweighted), mAP, exact match and F1 at the threshold, printed
+    /// and logged.
+    fn evaluate_multi_label(&mut self, epoch: usize, logits: &[f32], idx: &[usize]) -> Result<()> {
         let val = &self.setup.dataset.validation;
-        let labels_of = |idx: &[usize]| idx.iter().map(|&i| val[i].label as u32).collect();
+        let n = self.vit.num_labels();
+        let truth = multi_hot(idx.iter().map(|&i| &val[i]), n);
+        let Some(m) = MultiLabelMetrics::from_logits(logits, &truth, n, self.opts.threshold) else {
+            eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
+            return Ok(());
+        };
+        let map = m.map.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        self.p.bar.suspend(|| {
+            println!(
+                "epoch {epoch}: validation loss {:.4}, mAP {map}, exact match {:.2}%, micro-F1 {:.4}",
+                m.loss,
+                m.exact_match * 100.0,
+                m.f1_micro
+            )
+        });
+        let step = self.p.step;
+        let ep = self.plan.epoch_at(step);
+        self.write_log(json!({"split": "validation", "step": step, "epoch": ep, "loss": m.loss, "map": m.map, "exact_match": m.exact_match, "f1_micro": m.f1_micro, "f1_macro": m.f1_macro}))?;
+        self.p.accuracy = Some(m.exact_match);
+        self.p.map = m.map;
+        Ok(())
+    }
+
+    /// Logits and positions in the validation split of the readable validation samples, and
+    /// the unreadable ones.
+    fn validation_logits(&self) -> Result<(Vec<f32>, Vec<usize>, Failed)> {
+        let val = &self.setup.dataset.validation;
         if let Some((_, feats)) = &self.features {
             let idx: Vec<usize> = (0..val.len()).filter(|&i| feats[i].is_some()).collect();
             let mut logits = Vec::new();
@@ -644,7 +736,7 @@ impl<'a> Trainer<'a> {
                 logits.extend(self.gpu.read(&l.t)?);
                 done += chunk.len();
             }
-            return Ok((logits, labels_of(&idx[..done]), Failed::new()));
+            return Ok((logits, idx[..done].to_vec(), Failed::new()));
         }
         let (gpu, vit) = (self.gpu, &self.vit);
         let bs = self.opts.batch_size;
@@ -652,7 +744,7 @@ impl<'a> Trainer<'a> {
             let mut g = Graph::no_grad(gpu, vit.dtype());
             gpu.read(&vit.forward(&mut g, pixels)?.t)
         })?;
-        Ok((out.rows, labels_of(&out.indices), out.failed))
+        Ok((out.rows, out.indices, out.failed))
     }
 
     /// Saves unless nothing was trained since the last save (or at all).

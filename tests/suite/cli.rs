@@ -819,3 +819,109 @@ fn class_counts_imbalance_warning_and_class_weight_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `eval --data FILE.csv` scores every row: the same metrics as the image folder the rows
+/// list; a label the model does not have is an error naming the row. `finetune` takes a CSV
+/// with `--val-data` and `--test-data`, and counts their images.
+#[test]
+fn eval_and_finetune_take_single_label_csvs() {
+    let root = scratch("csv-eval");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut rows = vec!["path,label".to_string()];
+    for class in ["bird", "cat", "dog"] {
+        let dir = fixture_path(&format!("train/data/train/{class}"));
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            rows.push(format!("{},{class}", f.display()));
+        }
+    }
+    let csv = root.join("all.csv");
+    std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
+    let model = s(&fixture_path("train/start"));
+    let eval_json = |data: &str, split: &[&str], tag: &str| {
+        let out = root.join(format!("{tag}.json"));
+        let o = vitgpu(
+            &[
+                &[
+                    "eval",
+                    "--model",
+                    &model,
+                    "--data",
+                    data,
+                    "--output",
+                    &s(&out),
+                ],
+                split,
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            std::fs::read_to_string(out).unwrap(),
+        )
+    };
+    let (text, from_csv) = eval_json(&s(&csv), &[], "csv");
+    assert!(text.contains("13 images (every row of"), "{text}");
+    let (_, from_folder) = eval_json(
+        &s(&fixture_path("train/data")),
+        &["--split", "train"],
+        "folder",
+    );
+    assert_eq!(from_csv, from_folder);
+
+    let mut bad = rows.clone();
+    bad[2] = bad[2].replace(",bird", ",horse");
+    let bad_csv = root.join("bad.csv");
+    std::fs::write(&bad_csv, bad.join("\n")).unwrap();
+    let o = vitgpu(&["eval", "--model", &model, "--data", &s(&bad_csv)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("row 3") && err.contains("unknown label 'horse'"),
+        "{err}"
+    );
+
+    let val = root.join("val.csv");
+    std::fs::write(
+        &val,
+        [&rows[0], &rows[1], &rows[7]]
+            .map(|r| r.as_str())
+            .join("\n"),
+    )
+    .unwrap();
+    let o = vitgpu_within(
+        120,
+        &[
+            "finetune",
+            "--model",
+            &model,
+            "--data",
+            &s(&csv),
+            "--val-data",
+            &s(&val),
+            "--test-data",
+            &s(&val),
+            "--output",
+            &s(&root.join("run")),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("train: 13 images")
+            && err.contains("validation: 2 images")
+            && err.contains("test: 2 images"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

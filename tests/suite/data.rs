@@ -380,10 +380,7 @@ fn image_folder_lists_skipped_entries() {
 
 #[test]
 fn loader_reports_unreadable_images() {
-    let file = |f: &str, label| Sample {
-        source: Source::File(fixture(f)),
-        label,
-    };
+    let file = |f: &str, label| Sample::new(Source::File(fixture(f)), label);
     let samples = vec![
         file("corrupt.jpg", 0),
         file("not_an_image.png", 1),
@@ -433,4 +430,266 @@ fn loader_reports_unreadable_images() {
     assert!(Batch::from_features(&feats, &[], &samples)
         .check_readable()
         .is_ok());
+}
+
+/// A scratch folder holding `n` empty "images" img/000.png.. (CSV reading checks only that
+/// the files exist) and the CSV files given as (name, text).
+fn csv_dir(tag: &str, n: usize, files: &[(&str, &str)]) -> PathBuf {
+    let d = scratch(tag);
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    for i in 0..n {
+        std::fs::write(d.join(format!("img/{i:03}.png")), b"").unwrap();
+    }
+    for (name, text) in files {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    d
+}
+
+fn paths_of(samples: &[Sample]) -> Vec<String> {
+    samples
+        .iter()
+        .map(|s| {
+            let p = s.describe();
+            p[p.len() - 7..].to_string()
+        })
+        .collect()
+}
+
+/// The three CSV forms: labels sorted by name (as ImageFolder classes), paths relative to the
+/// CSV's folder, quoted fields, a spreadsheet's BOM, `;`-separated labels (none allowed) and
+/// 0/1 columns; --val-fraction 0 keeps every row in file order (what --no-shuffle trains on).
+#[test]
+fn csv_forms_labels_sorted_and_rows_in_file_order() {
+    use vitgpu::data::{CsvForm, CsvSplits, CsvTable};
+    let d = csv_dir(
+        "csvforms",
+        4,
+        &[
+            (
+                "single.csv",
+                "\u{feff}path,label,notes\nimg/002.png,zebra,x\n\"img/000.png\",ant,\"a, b\"\nimg/001.png,zebra,\nimg/003.png,moth,\n",
+            ),
+            (
+                "multi.csv",
+                "path,labels\nimg/000.png,cat;dog\nimg/001.png,\nimg/002.png, dog ; bird\nimg/003.png,cat\n",
+            ),
+            (
+                "cols.csv",
+                "path,tumor,edema,normal\nimg/000.png,1,0,0\nimg/001.png,0,0,0\nimg/002.png,1,1,0\nimg/003.png,0,0,1\n",
+            ),
+        ],
+    );
+    let splits = |f: &str| CsvSplits {
+        train: d.join(f),
+        val_fraction: 0.0,
+        ..Default::default()
+    };
+    let ds = Dataset::from_csv(&splits("single.csv")).unwrap();
+    assert_eq!(ds.classes, ["ant", "moth", "zebra"]);
+    assert!(!ds.multi_label && ds.validation.is_empty());
+    assert_eq!(
+        paths_of(&ds.train),
+        ["002.png", "000.png", "001.png", "003.png"]
+    );
+    let labels: Vec<usize> = ds.train.iter().map(|s| s.label).collect();
+    assert_eq!(labels, [2, 0, 2, 1]);
+    assert!(ds.train.iter().all(|s| s.labels.is_none()));
+    assert!(ds.train[0].describe().starts_with(d.to_str().unwrap()));
+
+    let ds = Dataset::from_csv(&splits("multi.csv")).unwrap();
+    assert_eq!(ds.classes, ["bird", "cat", "dog"]);
+    assert!(ds.multi_label);
+    let pos: Vec<Vec<usize>> = ds.train.iter().map(|s| s.positives().to_vec()).collect();
+    assert_eq!(pos, vec![vec![1, 2], vec![], vec![0, 2], vec![1]]);
+
+    let t = CsvTable::read(&d.join("cols.csv"), None).unwrap();
+    assert_eq!(
+        t.form,
+        CsvForm::Columns(vec!["tumor".into(), "edema".into(), "normal".into()])
+    );
+    let ds = Dataset::from_csv(&splits("cols.csv")).unwrap();
+    assert_eq!(ds.classes, ["edema", "normal", "tumor"]);
+    let pos: Vec<Vec<usize>> = ds.train.iter().map(|s| s.positives().to_vec()).collect();
+    assert_eq!(pos, vec![vec![2], vec![], vec![0, 2], vec![1]]);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Bad CSV rows are errors naming the file and the row (the header is row 1): a missing
+/// image, a label the training CSV does not have, a cell that is not 0/1, an empty label, a
+/// missing column, an empty group.
+#[test]
+fn csv_errors_name_the_row() {
+    use vitgpu::data::CsvSplits;
+    let d = csv_dir(
+        "csverrors",
+        3,
+        &[
+            (
+                "train.csv",
+                "path,label\nimg/000.png,cat\nimg/001.png,dog\n",
+            ),
+            (
+                "missing.csv",
+                "path,label\nimg/000.png,cat\nimg/009.png,dog\nimg/001.png,dog\n",
+            ),
+            (
+                "val.csv",
+                "path,label\nimg/000.png,cat\nimg/001.png,dog\nimg/002.png,bird\n",
+            ),
+            ("cols.csv", "path,a,b\nimg/000.png,1,0\nimg/001.png,0,yes\n"),
+            ("empty.csv", "path,label\nimg/000.png,cat\nimg/001.png,\n"),
+            ("nopath.csv", "file,label\nimg/000.png,cat\n"),
+            (
+                "groups.csv",
+                "path,label,patient\nimg/000.png,cat,p1\nimg/001.png,dog,\n",
+            ),
+        ],
+    );
+    let err = |train: &str, val: Option<&str>, group: Option<&str>| {
+        let s = CsvSplits {
+            train: d.join(train),
+            validation: val.map(|v| d.join(v)),
+            group_column: group.map(str::to_string),
+            val_fraction: 0.0,
+            ..Default::default()
+        };
+        format!("{:#}", Dataset::from_csv(&s).unwrap_err())
+    };
+    let e = err("missing.csv", None, None);
+    assert!(
+        e.contains("missing.csv")
+            && e.contains("row 3")
+            && e.contains("009.png")
+            && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = err("train.csv", Some("val.csv"), None);
+    assert!(
+        e.contains("val.csv")
+            && e.contains("row 4")
+            && e.contains("unknown label 'bird'")
+            && e.contains("cat, dog"),
+        "{e}"
+    );
+    let e = err("cols.csv", None, None);
+    assert!(
+        e.contains("row 3") && e.contains("`b`") && e.contains("'yes'"),
+        "{e}"
+    );
+    let e = err("empty.csv", None, None);
+    assert!(e.contains("row 3") && e.contains("empty"), "{e}");
+    let e = err("nopath.csv", None, None);
+    assert!(
+        e.contains("no `path` column") && e.contains("file,label"),
+        "{e}"
+    );
+    let e = err("groups.csv", None, Some("patient"));
+    assert!(e.contains("row 3") && e.contains("patient"), "{e}");
+    let e = err("train.csv", None, Some("site"));
+    assert!(
+        e.contains("--group-column site") && e.contains("no such column"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `--group-column`: whatever the seed and fraction, single- or multi-label, every group's
+/// rows land on one side; the validation share is near the fraction, each label appears on
+/// both sides where it can (stratified), and both sides keep the file's row order.
+#[test]
+fn a_group_never_straddles_the_validation_split() {
+    use vitgpu::data::CsvSplits;
+    // 60 rows, 17 patients of 1-6 rows; labels follow the row, so groups mix labels.
+    let mut single = String::from("path,label,patient\n");
+    let mut multi = String::from("path,labels,patient\n");
+    let mut patient = Vec::new();
+    let (mut p, mut left) = (0, 1);
+    for i in 0..60 {
+        if left == 0 {
+            p += 1;
+            left = 1 + (p * 7) % 6;
+        }
+        left -= 1;
+        patient.push(format!("p{p}"));
+        let l = ["a", "b", "c"][i % 3];
+        single += &format!("img/{i:03}.png,{l},p{p}\n");
+        let m = match i % 4 {
+            0 => "a;b",
+            1 => "",
+            2 => "c",
+            _ => "b;c",
+        };
+        multi += &format!("img/{i:03}.png,{m},p{p}\n");
+    }
+    let d = csv_dir(
+        "csvgroups",
+        60,
+        &[("single.csv", &single), ("multi.csv", &multi)],
+    );
+    let groups = patient
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(groups >= 15, "{groups} groups");
+    for file in ["single.csv", "multi.csv"] {
+        for seed in [0, 1, 7, 42] {
+            for fraction in [0.1, 0.2, 0.3] {
+                let s = CsvSplits {
+                    train: d.join(file),
+                    val_fraction: fraction,
+                    seed,
+                    group_column: Some("patient".into()),
+                    ..Default::default()
+                };
+                let ds = Dataset::from_csv(&s).unwrap();
+                let row = |s: &Sample| {
+                    s.describe()[s.describe().len() - 7..][..3]
+                        .parse::<usize>()
+                        .unwrap()
+                };
+                let train: Vec<usize> = ds.train.iter().map(row).collect();
+                let val: Vec<usize> = ds.validation.iter().map(row).collect();
+                assert_eq!(train.len() + val.len(), 60);
+                assert!(
+                    train.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1])
+                );
+                let side = |rows: &[usize]| {
+                    rows.iter()
+                        .map(|&r| patient[r].clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                };
+                let (tg, vg) = (side(&train), side(&val));
+                assert!(
+                    tg.is_disjoint(&vg),
+                    "{file} seed {seed} fraction {fraction}: {:?} on both sides",
+                    tg.intersection(&vg).collect::<Vec<_>>()
+                );
+                let share = val.len() as f64 / 60.0;
+                assert!(
+                    (share - fraction).abs() <= 0.08,
+                    "{file} seed {seed}: validation share {share} for {fraction}"
+                );
+                for l in 0..ds.classes.len() {
+                    let has = |v: &[Sample]| v.iter().any(|s| s.positives().contains(&l));
+                    assert!(
+                        has(&ds.train) && has(&ds.validation),
+                        "{file} seed {seed} fraction {fraction}: label {l} not on both sides"
+                    );
+                }
+            }
+        }
+    }
+    // Without groups a single-label CSV splits per class as an image folder does.
+    let s = CsvSplits {
+        train: d.join("single.csv"),
+        val_fraction: 0.2,
+        seed: 3,
+        ..Default::default()
+    };
+    let ds = Dataset::from_csv(&s).unwrap();
+    for c in 0..3 {
+        assert_eq!(ds.validation.iter().filter(|s| s.label == c).count(), 4);
+    }
+    std::fs::remove_dir_all(&d).ok();
 }

@@ -324,10 +324,7 @@ fn explain_puts_the_most_mass_on_the_quadrant_that_drives_the_prediction() {
             let path = root.join(format!("q{k}_{rows}x{cols}.png"));
             // Originals at another, non-square size: 40×24 pixels.
             quadrant_image(40, 24, *q).save(&path).unwrap();
-            samples.push(Sample {
-                source: Source::File(path),
-                label: 0,
-            });
+            samples.push(Sample::new(Source::File(path), 0));
         }
         for which in [
             AttentionMap::Rollout,
@@ -441,6 +438,36 @@ fn explain_writes_heat_overlays_named_after_the_image_and_label() {
         let night = image::open(out.join("night_dark.png")).unwrap().to_rgb8();
         assert_eq!(night.dimensions(), (20, 20));
     }
+    // A cropping eval transform: the map goes over the 16×16 crop the model saw (the 60×36
+    // image's shorter side resized to 16, then the centre crop), still hot top right.
+    let _ = std::fs::remove_dir_all(&out);
+    let o = vitgpu_within(
+        60,
+        &[
+            "explain",
+            "--model",
+            &arg(&model),
+            "--output",
+            &arg(&out),
+            "--eval-transform",
+            "center-crop",
+            &arg(&img),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = image::open(out.join("spot_bright.png")).unwrap().to_rgb8();
+    assert_eq!(
+        png.dimensions(),
+        (16, 16),
+        "the overlay is the model's crop"
+    );
+    let (hot, cold) = (png.get_pixel(12, 3).0, png.get_pixel(2, 13).0);
+    assert!(
+        hot[0] > 180 && hot[0] > hot[2] + 40,
+        "crop: hot pixel {hot:?}"
+    );
+    assert!(cold[2] > cold[0] + 40, "crop: cold pixel {cold:?}");
     // Same stem twice, and a corrupt file: both good images written, the bad one named,
     // exit code 1.
     let sub = root.join("sub");

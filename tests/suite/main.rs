@@ -12,6 +12,7 @@ mod kernels_attention;
 mod kernels_matmul;
 mod kernels_ops;
 mod model;
+mod multilabel;
 mod preprocess;
 mod regularisers;
 mod train;

@@ -86,7 +86,11 @@ fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
 
 /// `vitgpu finetune` with the flags that make it follow the plain PyTorch loop of the fixture.
 fn finetune_with(out: &Path, precision: &str, extra: &[&str]) -> std::process::Output {
-    let data = fixture_path("train/data");
+    finetune_on(&fixture_path("train/data"), out, precision, extra)
+}
+
+/// [`finetune_with`] on `data` (a folder or a CSV).
+fn finetune_on(data: &Path, out: &Path, precision: &str, extra: &[&str]) -> std::process::Output {
     let start = fixture_path("train/start");
     let mut args = vec![
         "finetune",
@@ -186,8 +190,12 @@ fn layer_decay_finetune_follows_the_pytorch_loop() {
 }
 
 fn check_full_run(tag: &str, fixture: &str, flags: &[&str]) {
+    check_full_run_on(&fixture_path("train/data"), tag, fixture, flags);
+}
+
+fn check_full_run_on(data: &Path, tag: &str, fixture: &str, flags: &[&str]) {
     let out = tmp(tag);
-    finetune(&out, flags);
+    finetune_on(data, &out, "f32", flags);
     let f = load_fixture(fixture);
     let losses = logged_losses(&out);
     // Issue bound: per-step losses within 1e-3 relative.
@@ -217,9 +225,18 @@ fn check_full_run(tag: &str, fixture: &str, flags: &[&str]) {
 
 #[test]
 fn head_only_finetune_follows_pytorch_and_leaves_the_backbone_bit_identical() {
-    let out = tmp("head");
-    finetune(&out, &["--head-only"]);
-    let f = load_fixture("train/head_only.safetensors");
+    check_head_only_run(
+        &fixture_path("train/data"),
+        "head",
+        "train/head_only.safetensors",
+        &["--head-only"],
+    );
+}
+
+fn check_head_only_run(data: &Path, tag: &str, fixture: &str, flags: &[&str]) {
+    let out = tmp(tag);
+    finetune_on(data, &out, "f32", flags);
+    let f = load_fixture(fixture);
     assert_close(
         "head-only losses",
         &logged_losses(&out),
@@ -256,6 +273,68 @@ fn head_only_finetune_follows_pytorch_and_leaves_the_backbone_bit_identical() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Flags that make a run on train/multilabel.csv follow the multi-label PyTorch loop: every
+/// row trains, in the CSV's order.
+const MULTI: [&str; 3] = ["--multi-label", "--val-fraction", "0"];
+
+/// Multi-label (`path,labels` CSV, sigmoid + BCEWithLogits, the mean over batch × labels)
+/// full fine-tune against the PyTorch loop, at the single-label run's tolerances; the head
+/// is kept (its labels are the CSV's) and the config saved says multi_label_classification.
+#[test]
+fn multi_label_full_finetune_follows_the_pytorch_bce_loop() {
+    let csv = fixture_path("train/multilabel.csv");
+    check_full_run_on(
+        &csv,
+        "ml-full",
+        "train/multilabel_full.safetensors",
+        &[&MULTI[..], &["--full"]].concat(),
+    );
+}
+
+/// `--class-weights balanced` in multi-label training is BCEWithLogitsLoss(pos_weight =
+/// n_neg / n_pos per label), against the PyTorch loop with that pos_weight; so is
+/// `--class-weights FILE.json` naming those weights.
+#[test]
+fn multi_label_pos_weight_finetune_follows_the_pytorch_loop() {
+    let csv = fixture_path("train/multilabel.csv");
+    check_full_run_on(
+        &csv,
+        "ml-posw",
+        "train/multilabel_pos_weight.safetensors",
+        &[&MULTI[..], &["--full", "--class-weights", "balanced"]].concat(),
+    );
+    // The same pos_weights from a JSON file (bird 8/5, cat and dog 7/6) train the same way.
+    let w = tmp("ml-posw.json");
+    std::fs::write(
+        &w,
+        r#"{"bird": 1.6, "cat": 1.1666666666666667, "dog": 1.1666666666666667}"#,
+    )
+    .unwrap();
+    check_full_run_on(
+        &csv,
+        "ml-posw-file",
+        "train/multilabel_pos_weight.safetensors",
+        &[
+            &MULTI[..],
+            &["--full", "--class-weights", w.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let _ = std::fs::remove_file(&w);
+}
+
+/// Head-only multi-label training (the linear probe on cached features) against the PyTorch
+/// loop; the backbone stays bit-identical.
+#[test]
+fn multi_label_head_only_finetune_follows_the_pytorch_bce_loop() {
+    check_head_only_run(
+        &fixture_path("train/multilabel.csv"),
+        "ml-head",
+        "train/multilabel_head_only.safetensors",
+        &[&MULTI[..], &["--head-only"]].concat(),
+    );
 }
 
 #[test]
