@@ -1,6 +1,7 @@
 //! `vitgpu eval`: a classifier's accuracy, per-class precision/recall/F1 and confusion matrix
 //! on a labelled image folder.
 
+pub mod curves;
 pub mod metrics;
 
 use crate::data::{Dataset, Sample, Unreadable};
