@@ -1,11 +1,11 @@
-//! `vitgpu eval`: accuracy, per-class precision/recall/F1 and the confusion matrix of a
-//! classifier on a labelled folder.
+//! `vitgpu eval`: accuracy, top-5, macro precision/recall/F1, AUROC, AUPRC, ECE, loss,
+//! per-class scores and the confusion matrix of a classifier on a labelled folder; JSON and plots.
 
 use super::args;
 use crate::eval::{evaluate, EvalOptions, Scope};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// Arguments of `vitgpu eval`.
@@ -32,6 +32,9 @@ pub struct EvalArgs {
     /// Also write the metrics as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also write confusion_matrix.png and reliability.png into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// Prints the metrics; exit code 1 when an image could not be read or gave inf/NaN logits.
@@ -65,8 +68,17 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
     println!("{} images ({scope})", r.scored);
     print!("{}", r.metrics.report(&r.labels));
     if let Some(out) = &a.output {
-        let json = serde_json::to_string_pretty(&r.metrics.to_json(&r.labels))?;
-        crate::checkpoint::write_atomic(out, json.as_bytes())?;
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let json = serde_json::Value::Object(r.metrics.to_json(&r.labels));
+        crate::checkpoint::write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    if let Some(dir) = &a.plots {
+        for p in crate::eval::plots::eval_plots(dir, &r.metrics, &r.labels)? {
+            println!("wrote {}", p.display());
+        }
     }
     Ok(if r.failed.is_empty() && r.non_finite.is_empty() {
         0

@@ -1,8 +1,9 @@
-//! `vitgpu eval`: a classifier's accuracy, per-class precision/recall/F1 and confusion matrix
-//! on a labelled image folder.
+//! `vitgpu eval`: a classifier's metrics (accuracy, top-5, macro P/R/F1, AUROC, AUPRC, ECE,
+//! loss, per class, confusion matrix) on a labelled image folder, and their plots.
 
 pub mod curves;
 pub mod metrics;
+pub mod plots;
 
 use crate::data::{Dataset, Sample, Unreadable};
 use crate::gpu::AdapterChoice;

@@ -30,6 +30,16 @@ pub enum ClassWeights {
     File(PathBuf),
 }
 
+/// Where a run reports its scalars besides log.jsonl and the PNG plots (`--report-to`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum ReportTo {
+    /// Nowhere else.
+    #[default]
+    None,
+    /// TensorBoard event files under `OUTPUT/runs/`.
+    Tensorboard,
+}
+
 /// The allowed range of a numeric option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -140,6 +150,8 @@ pub struct TrainOptions {
     pub class_weights: ClassWeights,
     /// Layer-wise learning-rate decay ρ in (0, 1]: layer id l trains at lr·ρ^(L+1−l).
     pub layer_decay: Option<f64>,
+    /// Where scalars are reported besides log.jsonl and the plots.
+    pub report_to: ReportTo,
 }
 
 impl Default for TrainOptions {
@@ -176,6 +188,7 @@ impl Default for TrainOptions {
             label_smoothing: 0.0,
             class_weights: ClassWeights::None,
             layer_decay: None,
+            report_to: ReportTo::None,
         }
     }
 }
