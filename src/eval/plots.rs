@@ -536,9 +536,9 @@ fn step_range(h: &History) -> f64 {
 fn tick_format(span: f64) -> impl Fn(&f64) -> String {
     let decimals = if span >= 20.0 {
         0
-    } else if span >= 2.0 {
+    } else if span >= 0.5 {
         1
-    } else if span >= 0.2 {
+    } else if span >= 0.05 {
         2
     } else {
         3
@@ -680,7 +680,8 @@ fn chart<'a, 'b>(
         .y_label_area_size(70)
         .build_cartesian_2d(x.0..x.1, y.0..y.1)
         .map_err(err)?;
-    let x_fmt = tick_format(x.1 - x.0);
+    // Steps are whole numbers: no decimals once the axis spans a few of them.
+    let x_fmt = tick_format(if x.1 - x.0 >= 5.0 { 100.0 } else { x.1 - x.0 });
     c.configure_mesh()
         .x_desc(names.0)
         .y_desc(names.1)
@@ -848,12 +849,12 @@ pub fn metrics(path: &Path, h: &History) -> Result<()> {
                     .filter_map(|e| Some((e.step as f64, History::eval_value(e, name)?)))
                     .collect();
                 // Earlier lines wider, so equal values still show both colours.
-                let width = 2 + 2 * (names.len() - 1 - k) as u32;
+                let width = 2 + (names.len() - 1 - k) as u32;
                 let l = look(PALETTE[color % PALETTE.len()], width, Some(markers[k % 3]));
                 color += 1;
                 let legend = match pts.last() {
                     Some(p) => format!("{pretty} (last {:.4})", p.1),
-                    None => format!("{pretty} (undefined)"),
+                    None => format!("{pretty} (not defined)"),
                 };
                 lines.push((legend, l, pts));
             }
