@@ -87,6 +87,9 @@ pub struct Metrics {
     pub ece: f64,
     /// The bins of the ECE (the reliability diagram).
     pub calibration: Vec<CalibrationBin>,
+    /// Images whose logits hold inf or NaN (their probabilities are NaN: no AUC is defined
+    /// and the loss is not finite).
+    pub non_finite: usize,
 }
 
 impl Metrics {
@@ -117,6 +120,10 @@ impl Metrics {
             ap.push(average_precision(&scores, &positive));
         }
         let (ece, calibration) = calibration(logits, &probs, labels, n);
+        let non_finite = logits
+            .chunks(n)
+            .filter(|r| r.iter().any(|v| !v.is_finite()))
+            .count();
         Some(Metrics {
             confusion,
             accuracy,
@@ -127,6 +134,7 @@ impl Metrics {
             average_precision: ap,
             ece,
             calibration,
+            non_finite,
         })
     }
 
@@ -210,7 +218,13 @@ impl Metrics {
     pub fn notes(&self, labels: &[String]) -> Vec<String> {
         let mut notes = Vec::new();
         let skipped = self.auc_skipped();
-        if !skipped.is_empty() && skipped.len() < self.classes() {
+        if self.non_finite > 0 {
+            notes.push(format!(
+                "{} images have inf/NaN logits: the AUCs, the loss and the ECE involve them and \
+                 are undefined or NaN",
+                self.non_finite
+            ));
+        } else if !skipped.is_empty() && skipped.len() < self.classes() {
             let names: Vec<String> = skipped.iter().map(|&c| name(labels, c)).collect();
             notes.push(format!(
                 "auroc_macro and auprc_macro average over {} of {} classes: {} never or always \

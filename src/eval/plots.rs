@@ -800,8 +800,11 @@ impl Look {
     }
 }
 
-/// The panels of metrics.png: title, metrics (name, legend name), fixed [0, 1] scale or not.
-const METRIC_PANELS: [(&str, &[(&str, &str)], bool); 4] = [
+/// A panel of metrics.png: title, metrics (name, legend name), fixed [0, 1] scale or not.
+type MetricPanel = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+/// The panels of metrics.png.
+const METRIC_PANELS: [MetricPanel; 4] = [
     (
         "Accuracy",
         &[

@@ -28,6 +28,8 @@ pub struct Reports {
     best_accuracy: Option<(usize, f64, f64)>,
     /// (step, epoch, loss) of the evaluation with the lowest loss.
     best_loss: Option<(usize, f64, f64)>,
+    /// A plot failed and the user was told.
+    plot_warned: bool,
 }
 
 impl Reports {
@@ -44,6 +46,7 @@ impl Reports {
             started: Instant::now(),
             best_accuracy: None,
             best_loss: None,
+            plot_warned: false,
         })
     }
 
@@ -105,8 +108,15 @@ impl Reports {
             serde_json::to_string_pretty(&Value::Object(results))?.as_bytes(),
         )?;
         let dir = self.output.join(PLOTS_DIR);
-        plots::eval_plots(&dir, m, labels)?;
-        self.training_plots()
+        let drawn = plots::eval_plots(&dir, m, labels).and_then(|_| self.training_plots());
+        // A plot that cannot be drawn is no reason to stop training: say so once, go on.
+        if let Err(e) = drawn {
+            if !self.plot_warned {
+                eprintln!("warning: plots in {} not updated: {e:#}", dir.display());
+                self.plot_warned = true;
+            }
+        }
+        Ok(())
     }
 
     /// loss.png and (once there is an evaluation) metrics.png from the history so far.

@@ -596,7 +596,9 @@ impl<'a> Trainer<'a> {
         let (text, j) = self.reports.summary(self.p.step, self.p.images_seen);
         if self.p.step > 0 {
             // loss.png even when there was no evaluation (no validation split).
-            self.reports.training_plots()?;
+            if let Err(e) = self.reports.training_plots() {
+                eprintln!("warning: loss plot not written: {e:#}");
+            }
             println!("{text}");
             self.write_log(j)?;
         }

@@ -190,3 +190,15 @@ fn auc_averages_skip_a_class_absent_from_the_labels_and_say_so() {
     assert_eq!((m.top5_accuracy, m.top_k), (1.0, 3));
     assert!(m.notes(&[]).iter().any(|n| n.contains("only 3 classes")));
 }
+
+#[test]
+fn non_finite_logits_are_noted_not_a_panic() {
+    let logits = [1.0, 0.0, f32::NAN, 0.0, 2.0, 1.0, 0.5, 0.5, 3.0];
+    let m = Metrics::compute(&logits, &[0, 1, 2], 3).unwrap();
+    assert_eq!(m.non_finite, 1);
+    assert_eq!(m.auroc_macro(), None);
+    assert!(m.notes(&[]).iter().any(|n| n.contains("inf/NaN")));
+    let j = m.to_json(&[]);
+    assert!(j["auroc_macro"].is_null());
+    assert_eq!(j["confusion_matrix"].as_array().unwrap().len(), 3);
+}

@@ -27,7 +27,8 @@ fn crc32c_bitwise(data: &[u8]) -> u32 {
 
 fn masked(data: &[u8]) -> u32 {
     let c = crc32c_bitwise(data);
-    ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8)
+    // TFRecord: ((crc >> 15) | (crc << 17)) + 0xa282ead8.
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// One decoded Event: wall_time, step, file_version, and the summary's (tag, simple_value)s.
