@@ -8,6 +8,9 @@ use serde_json::{json, Map, Value};
 /// Confidence bins of the expected calibration error (equal width over [0, 1]).
 pub const ECE_BINS: usize = 15;
 
+/// Classes up to which the text report prints the confusion matrix.
+pub const MAX_PRINTED_MATRIX: usize = 30;
+
 /// The `k` of `top5_accuracy`.
 pub const TOP_K: usize = 5;
 
@@ -300,6 +303,14 @@ impl Metrics {
                 "{}  {p:>9.4}  {r:>6.4}  {f:>8.4}  {n:>7}\n",
                 pad(&name(labels, c), w)
             );
+        }
+        if self.classes() > MAX_PRINTED_MATRIX {
+            s += &format!(
+                "\nconfusion matrix: {} classes, too many to print (it is in the JSON of \
+                 --output and the picture of --plots)\n",
+                self.classes()
+            );
+            return s;
         }
         s += "\nconfusion matrix (rows: true, columns: predicted)\n";
         for (c, row) in self.confusion.iter().enumerate() {

@@ -223,7 +223,7 @@ pub fn confusion_matrix(path: &Path, m: &Metrics, labels: &[String]) -> Result<(
                         // The share, and the count under it.
                         root.draw_text(&format!("{frac:.2}"), &style, (cx, cy - 9))
                             .map_err(err)?;
-                        let small = font(13)
+                        let small = font(14)
                             .color(&color)
                             .pos(Pos::new(HPos::Center, VPos::Center));
                         root.draw_text(&format!("({v})"), &small, (cx, cy + 11))
@@ -308,7 +308,7 @@ fn colorbar(root: &Area, x: i32, y: i32, len: i32) -> Result<()> {
         .map_err(err)?;
         root.draw_text(
             &format!("{v:.2}"),
-            &font(13).pos(Pos::new(HPos::Left, VPos::Center)),
+            &font(14).pos(Pos::new(HPos::Left, VPos::Center)),
             (x + 26, yy),
         )
         .map_err(err)?;

@@ -196,6 +196,34 @@ fn plots_of_many_classes_and_long_runs_are_drawn() {
     );
     let (_, colours) = png_colours(&dir.join(plots::RELIABILITY_PNG));
     assert!(colours > 20);
+    // 6 classes: big cells with shares and counts, names long enough to be turned.
+    let n6 = 6;
+    let labels6: Vec<u32> = (0..31).map(|i| (i * 5 % n6) as u32).collect();
+    let logits6: Vec<f32> = (0..31 * n6)
+        .map(|k| {
+            ((k * 7919 % 17) as f32 / 4.0)
+                + if k % n6 == labels6[k / n6] as usize {
+                    1.5
+                } else {
+                    0.0
+                }
+        })
+        .collect();
+    let m6 = Metrics::compute(&logits6, &labels6, n6).unwrap();
+    let names6: Vec<String> = [
+        "abyssinian",
+        "bengal",
+        "birman",
+        "bombay",
+        "british_shorthair",
+        "egyptian_mau",
+    ]
+    .map(String::from)
+    .to_vec();
+    let dir6 = dir.join("six");
+    plots::eval_plots(&dir6, &m6, &names6).unwrap();
+    let (_, colours) = png_colours(&dir6.join(plots::CONFUSION_PNG));
+    assert!(colours > 50);
     let mut h = History::default();
     for s in 1..=400 {
         let loss = 2.0 * (-(s as f64) / 150.0).exp() + 0.1 * ((s * 7919 % 13) as f64 / 13.0);
