@@ -1045,6 +1045,121 @@ def gen_multilabel():
     (FIX / "MULTILABEL_README").write_text(MULTILABEL_README)
 
 
+def _softmax64(logits32):
+    x = logits32.astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _ece15(probs, y):
+    """Expected calibration error, 15 equal-width bins over the top-1 confidence (Guo et al.
+    2017): bins (lo, hi], edges np.linspace(0, 1, 16); sum over bins of |acc - conf| * n_b / N."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(0, 1, 16)
+    ece, bins = 0.0, []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            acc, c = float((pred[m] == y[m]).mean()), float(conf[m].mean())
+            ece += abs(acc - c) * m.sum() / len(y)
+            bins.append({"count": int(m.sum()), "confidence": c, "accuracy": acc})
+        else:
+            bins.append({"count": 0, "confidence": None, "accuracy": None})
+    return float(ece), bins
+
+
+def gen_metrics():
+    """Evaluation metrics of fixed predictions against scikit-learn (metrics.json)."""
+    import sklearn
+    from sklearn import metrics as M
+    from sklearn.preprocessing import label_binarize
+    assert sklearn.__version__ == "1.6.1", sklearn.__version__
+    rng = np.random.default_rng(1234)
+
+    def case(name, logits, y, note):
+        logits = np.asarray(logits, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        n, c = logits.shape
+        probs = _softmax64(logits)
+        pred = probs.argmax(axis=1)  # first on ties, as np.argmax / torch.argmax
+        labels = list(range(c))
+        p, r, f, s = M.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+        # Macro averages as a compute_metrics function gets them: labels=None, i.e. over the
+        # classes present in the labels or the predictions.
+        mp, mr, mf, _ = M.precision_recall_fscore_support(y, pred, average="macro",
+                                                          zero_division=0)
+        present = [k for k in labels if (y == k).any() and not (y == k).all()]
+        aucs = [M.roc_auc_score(y == k, probs[:, k]) for k in present]
+        aps = [M.average_precision_score(y == k, probs[:, k]) for k in present]
+        if len(present) == c and c > 2:
+            # With every class present this is sklearn's own one-vs-rest macro average.
+            ovr = M.roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels)
+            assert abs(ovr - np.mean(aucs)) < 1e-12, (ovr, aucs)
+            onehot = label_binarize(y, classes=labels)
+            ap = M.average_precision_score(onehot, probs, average="macro")
+            assert abs(ap - np.mean(aps)) < 1e-12, (ap, aps)
+        ece, bins = _ece15(probs, y)
+        ce = F.cross_entropy(torch.from_numpy(logits.astype(np.float64)), torch.from_numpy(y))
+        ll = M.log_loss(y, probs, labels=labels)
+        assert abs(ll - ce.item()) < 1e-12, (ll, ce.item())
+        return {
+            "name": name, "note": note, "logits": logits.tolist(), "labels": y.tolist(),
+            "accuracy": M.accuracy_score(y, pred),
+            "top5_accuracy": M.top_k_accuracy_score(y, probs, k=5, labels=labels)
+            if c > 2 else 1.0,
+            "macro_precision": mp, "macro_recall": mr, "macro_f1": mf,
+            "precision": p.tolist(), "recall": r.tolist(), "f1": f.tolist(),
+            "support": s.tolist(),
+            "confusion_matrix": M.confusion_matrix(y, pred, labels=labels).tolist(),
+            "auroc_macro": float(np.mean(aucs)) if aucs else None,
+            "auprc_macro": float(np.mean(aps)) if aps else None,
+            "roc_auc": [M.roc_auc_score(y == k, probs[:, k]) if k in present else None
+                        for k in labels],
+            "average_precision": [M.average_precision_score(y == k, probs[:, k])
+                                  if k in present else None for k in labels],
+            "auc_classes": present,
+            "ece": ece, "calibration": bins, "loss": ll,
+        }
+
+    cases = []
+    # Plain: 23 images, 4 classes.
+    y = rng.integers(0, 4, 23)
+    x = rng.normal(size=(23, 4)) * 1.5
+    x[np.arange(23), y] += 1.0
+    cases.append(case("basic", x, y, "23 images, 4 classes, logits N(0, 1.5) + 1 on the truth"))
+    # Ties: rows drawn from 4 prototypes (so scores tie across images in every column), two
+    # with a tied maximum (argmax takes the first).
+    protos = np.array([[1, 1, 0], [0, 2, 2], [0.5, 0, -1], [3, 0, 3]])
+    pick = rng.integers(0, 4, 25)
+    y = rng.integers(0, 3, 25)
+    cases.append(case("ties", protos[pick], y, "25 images, 3 classes, 4 distinct logit rows"))
+    # Top-5 among 7 classes with many within-row ties (sklearn breaks them toward the
+    # higher class index), odd count.
+    y = rng.integers(0, 7, 31)
+    x = rng.integers(0, 2, size=(31, 7)).astype(np.float64)
+    cases.append(case("top5_ties", x, y, "31 images, 7 classes, logits in {0, 1}"))
+    # A class absent from the labels (but predicted): AUCs average over the others.
+    y = rng.choice([0, 1, 3, 4], 19)
+    x = rng.normal(size=(19, 5))
+    x[:, 2] += 0.8
+    cases.append(case("absent_class", x, y, "19 images, 5 classes, class 2 never true"))
+    # Fewer than 5 classes: top-5 counts every class, so it is 1.
+    y = np.array([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    x = rng.normal(size=(9, 3)) * 2
+    cases.append(case("three_classes", x, y, "9 images, 3 classes"))
+    # Binary.
+    y = rng.integers(0, 2, 11)
+    x = rng.normal(size=(11, 2)) * 2
+    cases.append(case("binary", x, y, "11 images, 2 classes"))
+    # One class only: no AUC is defined.
+    y = np.array([1, 1, 1, 1, 1])
+    x = rng.normal(size=(5, 3))
+    cases.append(case("one_class", x, y, "5 images, all of class 1, 3 classes"))
+    out = {"sklearn": sklearn.__version__, "cases": cases}
+    (FIX / "metrics.json").write_text(json.dumps(out, indent=None) + "\n")
+    print(f"  {len(cases)} metric cases")
+
+
 def load_fixture_tensors(path):
     from safetensors.torch import load_file
     return load_file(str(path))
@@ -1065,7 +1180,8 @@ def main():
     for f in FIX.glob("*.safetensors"):
         f.unlink()
     steps = [gen_kernels, gen_interp, gen_images, gen_preprocess, gen_models, gen_grads, gen_train,
-             gen_losses, gen_timm_preprocess, gen_attentions, gen_regularisers, gen_multilabel]
+             gen_losses, gen_timm_preprocess, gen_attentions, gen_regularisers, gen_multilabel,
+             gen_metrics]
     for fn in steps:
         print(fn.__name__, flush=True)
         fn()

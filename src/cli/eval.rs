@@ -1,5 +1,5 @@
-//! `vitgpu eval`: accuracy, per-class precision/recall/F1 and the confusion matrix of a
-//! classifier on a labelled folder.
+//! `vitgpu eval`: accuracy, top-5, macro precision/recall/F1, AUROC, AUPRC, ECE, loss,
+//! per-class scores and the confusion matrix of a classifier on a labelled folder; JSON and plots.
 
 use super::args;
 use crate::data::EvalTransform;
@@ -7,7 +7,7 @@ use crate::eval::{evaluate_any, EvalOptions, Evaluation, Scope};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
 use crate::train::Range;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// Arguments of `vitgpu eval`.
@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// `center-crop` (torchvision Resize + CenterCrop). Default: the checkpoint's own.
     #[arg(long, value_parser = args::eval_transform())]
     pub eval_transform: Option<EvalTransform>,
+    /// Also write confusion_matrix.png and reliability.png into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// Prints the metrics; exit code 1 when an image could not be read or gave inf/NaN logits.
@@ -65,38 +68,57 @@ pub fn run(a: &EvalArgs, adapter: &AdapterChoice) -> Result<i32> {
     let r = match evaluate_any(&opts, adapter)? {
         Evaluation::Single(r) => r,
         Evaluation::Multi(r) => {
-            for (image, why) in &r.failed {
-                eprintln!("warning: skipped {image}: {why}");
-            }
-            super::warn_non_finite(r.non_finite.iter().cloned());
+            report_failures(&r.failed, &r.non_finite);
             println!("{} images ({}), multi-label", r.scored, scope(a, &r.scope));
             print!("{}", r.metrics.report(&r.labels));
             if let Some(out) = &a.output {
-                let json = serde_json::to_string_pretty(&r.metrics.to_json(&r.labels))?;
-                crate::checkpoint::write_atomic(out, json.as_bytes())?;
+                write_json(out, &r.metrics.to_json(&r.labels))?;
             }
-            return Ok(if r.failed.is_empty() && r.non_finite.is_empty() {
-                0
-            } else {
-                1
-            });
+            if a.plots.is_some() {
+                eprintln!(
+                    "note: --plots draws a single-label classifier's confusion matrix and \
+                     reliability diagram; this model is multi-label, so none were written"
+                );
+            }
+            return Ok(exit_code(&r.failed, &r.non_finite));
         }
     };
-    for (image, why) in &r.failed {
-        eprintln!("warning: skipped {image}: {why}");
-    }
-    super::warn_non_finite(r.non_finite.iter().cloned());
+    report_failures(&r.failed, &r.non_finite);
     println!("{} images ({})", r.scored, scope(a, &r.scope));
     print!("{}", r.metrics.report(&r.labels));
     if let Some(out) = &a.output {
-        let json = serde_json::to_string_pretty(&r.metrics.to_json(&r.labels))?;
-        crate::checkpoint::write_atomic(out, json.as_bytes())?;
+        write_json(
+            out,
+            &serde_json::Value::Object(r.metrics.to_json(&r.labels)),
+        )?;
     }
-    Ok(if r.failed.is_empty() && r.non_finite.is_empty() {
-        0
-    } else {
-        1
-    })
+    if let Some(dir) = &a.plots {
+        for p in crate::eval::plots::eval_plots(dir, &r.metrics, &r.labels)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(exit_code(&r.failed, &r.non_finite))
+}
+
+fn report_failures(failed: &[(String, String)], non_finite: &[String]) {
+    for (image, why) in failed {
+        eprintln!("warning: skipped {image}: {why}");
+    }
+    super::warn_non_finite(non_finite.iter().cloned());
+}
+
+/// 1 when an image could not be read or gave inf/NaN logits.
+fn exit_code(failed: &[(String, String)], non_finite: &[String]) -> i32 {
+    i32::from(!(failed.is_empty() && non_finite.is_empty()))
+}
+
+/// The metrics JSON at `out` (its folder created if needed), written atomically.
+fn write_json(out: &std::path::Path, json: &serde_json::Value) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    crate::checkpoint::write_atomic(out, serde_json::to_string_pretty(json)?.as_bytes())
 }
 
 /// Which images were scored, in words (with a note for a flat folder).

@@ -5,7 +5,7 @@ use super::args::{self, count, output_dir, real};
 use crate::data::EvalTransform;
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
-use crate::train::{self, ClassWeights, Diverged, Mode, Range, Schedule, TrainOptions};
+use crate::train::{self, ClassWeights, Diverged, Mode, Range, ReportTo, Schedule, TrainOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,6 +155,10 @@ pub struct FinetuneArgs {
     /// Validation share when DATA has no validation split, in [0, 1).
     #[arg(long, allow_negative_numbers = true, default_value = "0.1", value_parser = real(Range::UnitHalfOpen))]
     pub val_fraction: f64,
+    /// Also report the training and eval scalars to: `tensorboard` (event files under
+    /// OUTPUT/runs/; `all` means the same) or `none`. log.jsonl and OUTPUT/plots/ are always written.
+    #[arg(long, default_value = "none", value_parser = report_to)]
+    pub report_to: ReportTo,
 }
 
 impl FinetuneArgs {
@@ -206,6 +210,7 @@ impl FinetuneArgs {
             mixup: self.mixup,
             cutmix: self.cutmix,
             balanced_sampling: self.balanced_sampling,
+            report_to: self.report_to,
             verbose: super::verbose(),
         }
     }
@@ -255,6 +260,18 @@ fn class_weights(s: &str) -> Result<ClassWeights, String> {
         path if std::path::Path::new(path).is_file() => Ok(ClassWeights::File(path.into())),
         other => Err(format!(
             "expected `balanced`, `none` or a JSON file of class weights; {other} is neither"
+        )),
+    }
+}
+
+/// `--report-to`: `tensorboard` (or `all`, the only integration there is) or `none`.
+fn report_to(s: &str) -> Result<ReportTo, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tensorboard" | "all" => Ok(ReportTo::Tensorboard),
+        "none" => Ok(ReportTo::None),
+        other => Err(format!(
+            "expected `tensorboard` or `none`; `{other}` is neither (runs always write \
+             OUTPUT/log.jsonl and the plots in OUTPUT/plots/)"
         )),
     }
 }

@@ -1,10 +1,11 @@
-//! `vitgpu eval`: a classifier's accuracy, per-class precision/recall/F1 and confusion matrix
-//! on a labelled image folder or CSV; for a multi-label classifier mAP, F1, per-label AUROC,
-//! exact match and Hamming loss.
+//! `vitgpu eval`: a classifier's metrics (accuracy, top-5, macro P/R/F1, AUROC, AUPRC, ECE,
+//! loss, per class, confusion matrix) on a labelled image folder or CSV, and their plots; for
+//! a multi-label classifier mAP, F1, per-label AUROC, exact match and Hamming loss.
 
 pub mod curves;
 pub mod metrics;
 pub mod multilabel;
+pub mod plots;
 
 use crate::data::{is_csv_path, CsvTable, Dataset, EvalTransform, Sample, Unreadable};
 use crate::gpu::AdapterChoice;

@@ -199,6 +199,22 @@ impl MultiLabelMetrics {
         s
     }
 
+    /// The scalar metrics by name (mAP only where defined), for logs and TensorBoard.
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut v = Vec::new();
+        if let Some(map) = self.map {
+            v.push(("map", map));
+        }
+        v.extend([
+            ("f1_micro", self.f1_micro),
+            ("f1_macro", self.f1_macro),
+            ("exact_match", self.exact_match),
+            ("hamming_loss", self.hamming_loss),
+            ("loss", self.loss),
+        ]);
+        v
+    }
+
     /// The report as JSON.
     pub fn to_json(&self, labels: &[String]) -> serde_json::Value {
         let per_label: Vec<_> = self

@@ -6,11 +6,13 @@ pub mod optim;
 pub mod options;
 pub mod output;
 pub mod plan;
+pub mod report;
 pub mod setup;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use optim::Schedule;
-pub use options::{ClassWeights, Mode, Range, TrainOptions};
+pub use options::{ClassWeights, Mode, Range, ReportTo, TrainOptions};
 pub use plan::Plan;
 pub use trainer::Trainer;
 
@@ -27,6 +29,8 @@ pub struct Report {
     pub final_map: Option<f64>,
     /// The run trained a multi-label classifier.
     pub multi_label: bool,
+    /// The full metrics of the last evaluation (the keys of `vitgpu eval --output`).
+    pub final_metrics: Option<serde_json::Map<String, serde_json::Value>>,
     /// Optimizer steps applied.
     pub steps: usize,
     /// Ctrl-C (the stop flag) ended the run early.

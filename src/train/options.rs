@@ -33,6 +33,16 @@ pub enum ClassWeights {
     File(PathBuf),
 }
 
+/// Where a run reports its scalars besides log.jsonl and the PNG plots (`--report-to`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum ReportTo {
+    /// Nowhere else.
+    #[default]
+    None,
+    /// TensorBoard event files under `OUTPUT/runs/`.
+    Tensorboard,
+}
+
 /// The allowed range of a numeric option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -166,6 +176,8 @@ pub struct TrainOptions {
     pub cutmix: Option<f64>,
     /// Each epoch draws len(train) samples with replacement, with probability ∝ 1/n_class.
     pub balanced_sampling: bool,
+    /// Where scalars are reported besides log.jsonl and the plots.
+    pub report_to: ReportTo,
 }
 
 impl Default for TrainOptions {
@@ -212,6 +224,7 @@ impl Default for TrainOptions {
             mixup: None,
             cutmix: None,
             balanced_sampling: false,
+            report_to: ReportTo::None,
         }
     }
 }

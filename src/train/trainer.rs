@@ -5,11 +5,12 @@ use super::optim::{lr_factor, FlatParams, LossScaler};
 use super::options::{Mode, TrainOptions};
 use super::output::{start_run, LOG_FILE};
 use super::plan::Plan;
+use super::report::Reports;
 use super::setup::Setup;
 use super::{Diverged, Report};
 use crate::checkpoint;
 use crate::data::{balanced_order, mixup, Batch, Loader, MixupConfig, Rng, Sample, Unreadable};
-use crate::eval::metrics::loss_and_accuracy;
+use crate::eval::metrics::Metrics;
 use crate::eval::multilabel::{multi_hot, MultiLabelMetrics};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::infer::run_batches;
@@ -20,7 +21,7 @@ use crate::model::Vit;
 use crate::rng::stream_seed;
 use crate::tape::{Graph, Node};
 use anyhow::{bail, Context, Result};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,6 +90,9 @@ struct Progress {
     accuracy: Option<f64>,
     /// Multi-label validation mAP after the last evaluation.
     map: Option<f64>,
+    /// The full metrics of the latest evaluation (`accuracy`, `loss`, `macro_f1`, ...: the
+    /// keys of `vitgpu eval --output`), if any.
+    last_eval: Option<Map<String, Value>>,
     /// The step of the last checkpoint written.
     saved_step: Option<usize>,
     started: Instant,
@@ -110,6 +114,8 @@ pub struct Trainer<'a> {
     features: Option<(Features, Features)>,
     /// The cross-entropy's class weights on the GPU, when weighted.
     class_weights: Option<GpuTensor>,
+    /// Plots, TensorBoard, eval_results.json and the end-of-run summary.
+    reports: Reports,
     p: Progress,
 }
 
@@ -174,6 +180,7 @@ impl<'a> Trainer<'a> {
             opts.layer_decay.is_some(),
         )?;
         start_run(opts, &plan)?;
+        let reports = Reports::new(opts)?;
         let log_path = opts.output.join(LOG_FILE);
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -203,6 +210,7 @@ impl<'a> Trainer<'a> {
             log,
             stop,
             features: None,
+            reports,
             p: Progress {
                 step: 0,
                 bad_steps: 0,
@@ -210,6 +218,7 @@ impl<'a> Trainer<'a> {
                 skipped: Unreadable::default(),
                 accuracy: None,
                 map: None,
+                last_eval: None,
                 saved_step: None,
                 started: Instant::now(),
                 bar,
@@ -222,6 +231,7 @@ impl<'a> Trainer<'a> {
     pub fn run(mut self) -> Result<Report> {
         let result = self.cache_features().and_then(|()| {
             self.p.started = Instant::now();
+            self.reports.start_clock();
             self.epochs()
         });
         self.p.bar.finish_and_clear();
@@ -233,10 +243,12 @@ impl<'a> Trainer<'a> {
         if interrupted {
             self.save_if_new()?;
         }
+        self.summarise()?;
         Ok(Report {
             final_accuracy: self.p.accuracy,
             final_map: self.p.map,
             multi_label: self.setup.multi_label,
+            final_metrics: self.p.last_eval.take(),
             steps: self.p.step,
             interrupted,
             saved: self.p.saved_step.is_some(),
@@ -607,6 +619,7 @@ impl<'a> Trainer<'a> {
         let step = self.p.step;
         let epoch = self.plan.epoch_at(step);
         self.write_log(json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr}))?;
+        self.reports.train_step(step, epoch, loss as f64, lr)?;
         let secs = self.p.started.elapsed().as_secs_f64().max(1e-9);
         let ips = self.p.images_seen as f64 / secs;
         self.p.bar.set_position(step as u64);
@@ -656,8 +669,10 @@ impl<'a> Trainer<'a> {
         Ok((Arc::new(feats), out.failed))
     }
 
-    /// Loss and accuracy on the validation split, printed and logged. Nothing when the split
-    /// is empty, unreadable, or Ctrl-C cut the evaluation short.
+    /// The full metrics on the validation split (those of `vitgpu eval`): printed in short,
+    /// logged (scalars), kept in `last_eval`, and reported (plots, TensorBoard,
+    /// eval_results.json). Nothing when the split is empty, unreadable, or Ctrl-C cut the
+    /// evaluation short.
     fn evaluate(&mut self, epoch: usize) -> Result<()> {
         if self.setup.dataset.validation.is_empty() {
             return Ok(());
@@ -672,21 +687,50 @@ impl<'a> Trainer<'a> {
             return self.evaluate_multi_label(epoch, &logits, &idx);
         }
         let labels: Vec<u32> = idx.iter().map(|&i| val[i].label as u32).collect();
-        let Some((loss, acc)) = loss_and_accuracy(&logits, &labels, self.vit.num_labels()) else {
+        let Some(m) = Metrics::compute(&logits, &labels, self.vit.num_labels()) else {
             eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
             return Ok(());
         };
+        let (loss, acc) = (m.loss, m.accuracy);
+        let auc = m
+            .auroc_macro()
+            .map_or(String::new(), |a| format!(", AUROC {a:.4}"));
         // println, not bar.println: the bar is hidden when stderr is not a terminal.
         self.p.bar.suspend(|| {
             println!(
-                "epoch {epoch}: validation loss {loss:.4}, accuracy {:.2}%",
-                acc * 100.0
+                "epoch {epoch}: validation loss {loss:.4}, accuracy {:.2}%, macro-F1 {:.4}{auc}",
+                acc * 100.0,
+                m.macro_f1()
             )
         });
         let step = self.p.step;
         let ep = self.plan.epoch_at(step);
-        self.write_log(json!({"split": "validation", "step": step, "epoch": ep, "loss": loss, "accuracy": acc}))?;
+        let scalars = m.scalars();
+        let mut line = json!({"split": "validation", "step": step, "epoch": ep});
+        for (k, v) in &scalars {
+            line[*k] = json!(v);
+        }
+        self.write_log(line)?;
+        let names = self.vit.config().id2label.clone();
+        let full = m.to_json(&names);
+        self.reports
+            .evaluation(step, ep, &scalars, &full, Some((&m, &names)))?;
         self.p.accuracy = Some(acc);
+        self.p.last_eval = Some(full);
+        Ok(())
+    }
+
+    /// Prints the end-of-run summary and logs it.
+    fn summarise(&mut self) -> Result<()> {
+        let (text, j) = self.reports.summary(self.p.step, self.p.images_seen);
+        if self.p.step > 0 {
+            // loss.png even when there was no evaluation (no validation split).
+            if let Err(e) = self.reports.training_plots() {
+                eprintln!("warning: loss plot not written: {e:#}");
+            }
+            println!("{text}");
+            self.write_log(j)?;
+        }
         Ok(())
     }
 
@@ -712,9 +756,21 @@ impl<'a> Trainer<'a> {
         });
         let step = self.p.step;
         let ep = self.plan.epoch_at(step);
-        self.write_log(json!({"split": "validation", "step": step, "epoch": ep, "loss": m.loss, "map": m.map, "exact_match": m.exact_match, "f1_micro": m.f1_micro, "f1_macro": m.f1_macro}))?;
+        let scalars = m.scalars();
+        let mut line = json!({"split": "validation", "step": step, "epoch": ep});
+        for (k, v) in &scalars {
+            line[*k] = json!(v);
+        }
+        self.write_log(line)?;
+        let names = self.vit.config().id2label.clone();
+        let full = match m.to_json(&names) {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        self.reports.evaluation(step, ep, &scalars, &full, None)?;
         self.p.accuracy = Some(m.exact_match);
         self.p.map = m.map;
+        self.p.last_eval = Some(full);
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! The one integration-test binary (each extra binary re-links wgpu): kernels, model,
-//! checkpoints, preprocessing, training and the CLI, one module each.
+//! checkpoints, preprocessing, training, metrics, reports and the CLI, one module each.
 
 mod checkpoint;
 mod cli;
@@ -11,8 +11,10 @@ mod interp;
 mod kernels_attention;
 mod kernels_matmul;
 mod kernels_ops;
+mod metrics;
 mod model;
 mod multilabel;
 mod preprocess;
 mod regularisers;
+mod report;
 mod train;
