@@ -1,7 +1,7 @@
 //! `vitgpu finetune`: the arguments, checked while parsing, turned into the library's
 //! `TrainOptions`; Ctrl-C handling; exit codes (1 when training diverged, 130 on Ctrl-C).
 
-use super::args::{self, count, output_dir, real};
+use super::args::{self, count, existing_dir, output_dir, real};
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
 use crate::train::{self, ClassWeights, Diverged, Mode, Range, Schedule, TrainOptions};
@@ -21,10 +21,36 @@ pub struct FinetuneArgs {
     /// Image folder: DATA/train/CLASS/* (+ validation/ or val/, test/), or DATA/CLASS/*.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Output directory for the checkpoint, log.jsonl and vitgpu_run.json: new, empty, or an
-    /// earlier vitgpu run.
-    #[arg(long, default_value = "runs/vitgpu", value_parser = output_dir)]
-    pub output: PathBuf,
+    /// Output directory for the checkpoint, checkpoint-STEP folders, log.jsonl and
+    /// vitgpu_run.json: new, empty, or an earlier vitgpu run [default: runs/vitgpu, or the
+    /// --resume run's folder].
+    #[arg(long, value_parser = output_dir)]
+    pub output: Option<PathBuf>,
+    /// Continue a run from OUTPUT/checkpoint-STEP (or from OUTPUT's latest checkpoint) with
+    /// everything restored; give the same options as the run it continues.
+    #[arg(long, alias = "resume-from-checkpoint", value_parser = existing_dir)]
+    pub resume: Option<PathBuf>,
+    /// Evaluate every N optimizer steps [default: each epoch].
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub eval_steps: Option<usize>,
+    /// Write OUTPUT/checkpoint-STEP every N optimizer steps [default: each epoch].
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub save_steps: Option<usize>,
+    /// Keep at most K checkpoint-STEP folders: the oldest go, never the best.
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub save_total_limit: Option<usize>,
+    /// At the end, leave the best checkpoint's model (by --metric-for-best) in OUTPUT.
+    #[arg(long)]
+    pub load_best_model_at_end: bool,
+    /// Validation metric that ranks checkpoints: loss or accuracy (eval_ prefix optional).
+    #[arg(long, alias = "metric-for-best-model", default_value = "loss")]
+    pub metric_for_best: String,
+    /// Higher --metric-for-best is better [default: true, false for a loss]; `false` to say so.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
+    pub greater_is_better: Option<bool>,
+    /// Stop after N evaluations in a row without a better --metric-for-best.
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub early_stopping_patience: Option<usize>,
     /// Allow --output to be the --model folder (or inside it): the pretrained checkpoint is replaced.
     #[arg(long)]
     pub overwrite_model: bool,
@@ -115,6 +141,15 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
+    /// `--output`, else the folder of the run `--resume` continues, else runs/vitgpu.
+    fn output_folder(&self) -> PathBuf {
+        match (&self.output, &self.resume) {
+            (Some(o), _) => o.clone(),
+            (None, Some(r)) => train::state::run_folder(r),
+            (None, None) => PathBuf::from("runs/vitgpu"),
+        }
+    }
+
     /// The library's options.
     pub fn options(&self) -> TrainOptions {
         let mode = match (self.head_only, self.unfreeze_last) {
@@ -126,7 +161,7 @@ impl FinetuneArgs {
             model: self.model.clone(),
             config: self.config.clone(),
             data: self.data.clone(),
-            output: self.output.clone(),
+            output: self.output_folder(),
             mode,
             res: self.res,
             epochs: self.epochs,
@@ -153,6 +188,14 @@ impl FinetuneArgs {
             label_smoothing: self.label_smoothing,
             class_weights: self.class_weights.clone(),
             layer_decay: self.layer_decay,
+            eval_steps: self.eval_steps,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
+            load_best_model_at_end: self.load_best_model_at_end,
+            metric_for_best: self.metric_for_best.clone(),
+            greater_is_better: self.greater_is_better,
+            early_stopping_patience: self.early_stopping_patience,
+            resume: self.resume.clone(),
             verbose: super::verbose(),
         }
     }

@@ -7,6 +7,7 @@ pub mod options;
 pub mod output;
 pub mod plan;
 pub mod setup;
+pub mod state;
 pub mod trainer;
 
 pub use optim::Schedule;
@@ -52,6 +53,7 @@ pub fn finetune(opts: &TrainOptions, adapter: &AdapterChoice, stop: &AtomicBool)
     output::check(opts)?;
     let setup = setup::prepare(opts)?;
     let plan = Plan::new(opts, setup.dataset.train.len());
+    plan.check(opts, setup.dataset.validation.len())?;
     if stop.load(Ordering::SeqCst) {
         return Ok(Report {
             interrupted: true,

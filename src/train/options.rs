@@ -140,6 +140,22 @@ pub struct TrainOptions {
     pub class_weights: ClassWeights,
     /// Layer-wise learning-rate decay ρ in (0, 1]: layer id l trains at lr·ρ^(L+1−l).
     pub layer_decay: Option<f64>,
+    /// Evaluate every N optimizer steps (default: each epoch).
+    pub eval_steps: Option<usize>,
+    /// Write `OUTPUT/checkpoint-STEP/` every N optimizer steps (default: each epoch).
+    pub save_steps: Option<usize>,
+    /// Keep at most K checkpoint folders, removing the oldest but never the best.
+    pub save_total_limit: Option<usize>,
+    /// Leave the best checkpoint's model in `OUTPUT/` at the end.
+    pub load_best_model_at_end: bool,
+    /// The validation metric that ranks checkpoints (`loss`, `accuracy`, or `eval_*`).
+    pub metric_for_best: String,
+    /// Higher is better for `metric_for_best` (default: true unless it is a loss).
+    pub greater_is_better: Option<bool>,
+    /// Stop after N evaluations without a better `metric_for_best`.
+    pub early_stopping_patience: Option<usize>,
+    /// Continue from `OUTPUT/checkpoint-STEP` (or a run folder's latest checkpoint).
+    pub resume: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -176,6 +192,14 @@ impl Default for TrainOptions {
             label_smoothing: 0.0,
             class_weights: ClassWeights::None,
             layer_decay: None,
+            eval_steps: None,
+            save_steps: None,
+            save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best: "loss".to_string(),
+            greater_is_better: None,
+            early_stopping_patience: None,
+            resume: None,
         }
     }
 }
@@ -184,6 +208,22 @@ impl TrainOptions {
     /// True for the embedded MNIST demo (no model, config or data given).
     pub fn is_demo(&self) -> bool {
         self.model.is_none() && self.config.is_none() && self.data.is_none()
+    }
+
+    /// The key of `metric_for_best` in the evaluation's metrics: `eval_loss`, `eval_accuracy`, ...
+    pub fn best_metric_key(&self) -> String {
+        let m = self.metric_for_best.trim();
+        match m.strip_prefix("eval_") {
+            Some(_) => m.to_string(),
+            None => format!("eval_{m}"),
+        }
+    }
+
+    /// Whether a higher `metric_for_best` is better: as given, else true unless it is a loss
+    /// (the Hugging Face Trainer's rule).
+    pub fn higher_is_better(&self) -> bool {
+        self.greater_is_better
+            .unwrap_or(!self.best_metric_key().ends_with("loss"))
     }
 
     /// Checks every numeric option against its range (the command line checks the same
@@ -224,11 +264,18 @@ impl TrainOptions {
             ("--grad-accum", Some(self.grad_accum)),
             ("--max-steps", self.max_steps),
             ("--res", self.res),
+            ("--eval-steps", self.eval_steps),
+            ("--save-steps", self.save_steps),
+            ("--save-total-limit", self.save_total_limit),
+            ("--early-stopping-patience", self.early_stopping_patience),
         ];
         for (flag, v) in counts {
             if v == Some(0) {
                 bail!("{flag} must be at least 1");
             }
+        }
+        if self.metric_for_best.trim().is_empty() {
+            bail!("--metric-for-best must name a validation metric, e.g. loss or accuracy");
         }
         Ok(())
     }

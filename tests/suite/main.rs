@@ -12,4 +12,5 @@ mod kernels_matmul;
 mod kernels_ops;
 mod model;
 mod preprocess;
+mod resume;
 mod train;
