@@ -140,6 +140,43 @@ mod tests {
     }
 
     #[test]
+    fn best_model_tracking_needs_validation_and_evaluated_checkpoints() {
+        let o = TrainOptions {
+            load_best_model_at_end: true,
+            eval_steps: Some(4),
+            save_steps: Some(6),
+            ..opts()
+        };
+        let p = Plan::new(&o, 13);
+        let err = p.check(&o, 0).unwrap_err().to_string();
+        assert!(err.contains("no validation"), "{err}");
+        let err = p.check(&o, 3).unwrap_err().to_string();
+        assert!(err.contains("--save-steps"), "{err}");
+        let ok = TrainOptions {
+            save_steps: Some(8),
+            ..o.clone()
+        };
+        assert!(Plan::new(&ok, 13).check(&ok, 3).is_ok());
+        // By default both come each epoch.
+        let o = TrainOptions {
+            early_stopping_patience: Some(2),
+            ..opts()
+        };
+        let p = Plan::new(&o, 13);
+        assert_eq!((p.eval_steps, p.save_steps), (4, 4));
+        assert!(p.check(&o, 0).is_err() && p.check(&o, 1).is_ok());
+        assert!(p.check(&opts(), 0).is_ok());
+        assert_eq!(o.best_metric_key(), "eval_loss");
+        assert!(!o.higher_is_better());
+        let acc = TrainOptions {
+            metric_for_best: "accuracy".into(),
+            ..opts()
+        };
+        assert_eq!(acc.best_metric_key(), "eval_accuracy");
+        assert!(acc.higher_is_better());
+    }
+
+    #[test]
     fn head_only_without_augmentation_caches_features() {
         let o = TrainOptions {
             mode: Mode::HeadOnly,
