@@ -89,6 +89,8 @@ struct Progress {
     last_eval: Option<Map<String, Value>>,
     /// The best value of the ranking metric (`--metric-for-best`) and its step.
     best: Option<(f64, usize)>,
+    /// The best step's checkpoint folder (in the run resumed, when it was before the resume).
+    best_dir: Option<std::path::PathBuf>,
     /// Evaluations since the best.
     patience: usize,
     /// Early stopping ended the run.
@@ -111,6 +113,7 @@ impl Progress {
             log_history: st.log_history,
             last_eval: None,
             best: st.best_metric.zip(st.best_global_step),
+            best_dir: st.best_model_checkpoint.map(Into::into),
             patience: st.early_stopping_patience_counter,
             early_stopped: false,
             started: Instant::now(),
@@ -729,7 +732,6 @@ impl<'a> Trainer<'a> {
         let (loss_scale, loss_scale_good_steps) = self.scaler.state();
         let epoch =
             p.pos.epoch as f64 + p.pos.micro_batches_done as f64 / plan.micro_per_epoch as f64;
-        let best_dir = |s| self.opts.output.join(folder_name(s)).display().to_string();
         Ok(TrainerState {
             global_step: p.step,
             epoch,
@@ -741,7 +743,7 @@ impl<'a> Trainer<'a> {
             log_history: p.log_history.clone(),
             best_metric: p.best.map(|b| b.0),
             best_global_step: p.best.map(|b| b.1),
-            best_model_checkpoint: p.best.map(|b| best_dir(b.1)),
+            best_model_checkpoint: p.best_dir.as_ref().map(|d| d.display().to_string()),
             early_stopping_patience_counter: p.patience,
             loss_scale,
             loss_scale_good_steps,
@@ -791,6 +793,7 @@ impl<'a> Trainer<'a> {
             self.opts.higher_is_better(),
         ) {
             self.p.best = Some((value, step));
+            self.p.best_dir = Some(self.opts.output.join(folder_name(step)));
             self.p.patience = 0;
         } else {
             self.p.patience += 1;
@@ -811,10 +814,17 @@ impl<'a> Trainer<'a> {
 
     /// Puts the best checkpoint's model in the output folder; its accuracy is the run's.
     fn load_best(&mut self) -> Result<()> {
-        let Some((value, step)) = self.p.best else {
+        let (Some((value, step)), Some(dir)) = (self.p.best, self.p.best_dir.clone()) else {
             return Ok(());
         };
-        let dir = self.opts.output.join(folder_name(step));
+        if !dir.join(checkpoint::WEIGHTS_FILE).is_file() {
+            eprintln!(
+                "warning: the best checkpoint (step {step}, {}) is gone: {} keeps the last model",
+                dir.display(),
+                self.opts.output.display()
+            );
+            return Ok(());
+        }
         state::copy_model(&dir, &self.opts.output)?;
         let acc = self.p.log_history.iter().find_map(|e| {
             (e.get("step") == Some(&step.into())).then(|| e.get("eval_accuracy")?.as_f64())?
