@@ -293,6 +293,8 @@ impl<'a> Trainer<'a> {
 
     /// The rest of the current pass over the training split (or less, where the run ends).
     fn epoch(&mut self) -> Result<()> {
+        // A checkpoint of a larger training split may lie past this one's end.
+        self.advance(0);
         let epoch = self.p.pos.epoch;
         let mut batches = self.batches(epoch, self.p.pos.micro_batches_done);
         while self.p.pos.epoch == epoch && !self.done() {
