@@ -302,3 +302,10 @@ fn early_stopping_stops_after_patience_evaluations_without_improvement() {
     checkpoint::load(&out).unwrap();
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_resumed_linear_probe_on_cached_features_ends_bit_identical() {
+    // --head-only without augmentation trains on features computed once: the resumed run
+    // skips into that order instead of the loader's.
+    check_exact_resume("resumeprobe", &["--head-only", "--no-augment"]);
+}
