@@ -40,6 +40,15 @@ pub fn output_dir(s: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// A folder that exists.
+pub fn existing_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_dir() {
+        return Err(format!("{s} is not a folder"));
+    }
+    Ok(p)
+}
+
 /// `f32` or `f16`.
 pub fn precision() -> impl TypedValueParser<Value = Precision> {
     PossibleValuesParser::new(Precision::NAMES.map(|(n, _)| n)).try_map(|s| s.parse::<Precision>())

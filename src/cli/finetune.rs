@@ -1,7 +1,7 @@
 //! `vitgpu finetune`: the arguments, checked while parsing, turned into the library's
 //! `TrainOptions`; Ctrl-C handling; exit codes (1 when training diverged, 130 on Ctrl-C).
 
-use super::args::{self, count, output_dir, real};
+use super::args::{self, count, existing_dir, output_dir, real};
 use crate::data::EvalTransform;
 use crate::gpu::AdapterChoice;
 use crate::infer::Precision;
@@ -41,10 +41,37 @@ pub struct FinetuneArgs {
     /// Multi-label decision threshold on the sigmoid probabilities, in [0, 1] (validation metrics).
     #[arg(long, allow_negative_numbers = true, default_value = "0.5", value_parser = real(Range::Unit))]
     pub threshold: f64,
-    /// Output directory for the checkpoint, log.jsonl and vitgpu_run.json: new, empty, or an
-    /// earlier vitgpu run.
-    #[arg(long, default_value = "runs/vitgpu", value_parser = output_dir)]
-    pub output: PathBuf,
+    /// Output directory for the checkpoint, checkpoint-STEP folders, log.jsonl and
+    /// vitgpu_run.json: new, empty, or an earlier vitgpu run [default: runs/vitgpu, or the
+    /// --resume run's folder].
+    #[arg(long, value_parser = output_dir)]
+    pub output: Option<PathBuf>,
+    /// Continue a run from OUTPUT/checkpoint-STEP (or from OUTPUT's latest checkpoint) with
+    /// everything restored; give the same options as the run it continues.
+    #[arg(long, alias = "resume-from-checkpoint", value_parser = existing_dir)]
+    pub resume: Option<PathBuf>,
+    /// Evaluate every N optimizer steps [default: each epoch].
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub eval_steps: Option<usize>,
+    /// Write OUTPUT/checkpoint-STEP every N optimizer steps [default: each epoch].
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub save_steps: Option<usize>,
+    /// Keep at most K checkpoint-STEP folders: the oldest go, never the best.
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub save_total_limit: Option<usize>,
+    /// At the end, leave the best checkpoint's model (by --metric-for-best) in OUTPUT.
+    #[arg(long)]
+    pub load_best_model_at_end: bool,
+    /// Validation metric that ranks checkpoints: loss, accuracy, macro_f1, auroc_macro, ...
+    /// (the keys of `vitgpu eval --output`; multi-label map, f1_micro, ...; eval_ prefix optional).
+    #[arg(long, alias = "metric-for-best-model", default_value = "loss")]
+    pub metric_for_best: String,
+    /// Higher --metric-for-best is better [default: true, false for a loss]; `false` to say so.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
+    pub greater_is_better: Option<bool>,
+    /// Stop after N evaluations in a row without a better --metric-for-best.
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
+    pub early_stopping_patience: Option<usize>,
     /// Allow --output to be the --model folder (or inside it): the pretrained checkpoint is replaced.
     #[arg(long)]
     pub overwrite_model: bool,
@@ -162,6 +189,15 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
+    /// `--output`, else the folder of the run `--resume` continues, else runs/vitgpu.
+    fn output_folder(&self) -> PathBuf {
+        match (&self.output, &self.resume) {
+            (Some(o), _) => o.clone(),
+            (None, Some(r)) => train::state::run_folder(r),
+            (None, None) => PathBuf::from("runs/vitgpu"),
+        }
+    }
+
     /// The library's options.
     pub fn options(&self) -> TrainOptions {
         let mode = match (self.head_only, self.unfreeze_last) {
@@ -178,7 +214,7 @@ impl FinetuneArgs {
             group_column: self.group_column.clone(),
             multi_label: self.multi_label,
             threshold: self.threshold,
-            output: self.output.clone(),
+            output: self.output_folder(),
             mode,
             res: self.res,
             epochs: self.epochs,
@@ -211,6 +247,14 @@ impl FinetuneArgs {
             cutmix: self.cutmix,
             balanced_sampling: self.balanced_sampling,
             report_to: self.report_to,
+            eval_steps: self.eval_steps,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
+            load_best_model_at_end: self.load_best_model_at_end,
+            metric_for_best: self.metric_for_best.clone(),
+            greater_is_better: self.greater_is_better,
+            early_stopping_patience: self.early_stopping_patience,
+            resume: self.resume.clone(),
             verbose: super::verbose(),
         }
     }

@@ -8,6 +8,7 @@ pub mod output;
 pub mod plan;
 pub mod report;
 pub mod setup;
+pub mod state;
 pub mod tensorboard;
 pub mod trainer;
 
@@ -65,6 +66,7 @@ pub fn finetune(opts: &TrainOptions, adapter: &AdapterChoice, stop: &AtomicBool)
         ..opts.clone()
     };
     let plan = Plan::new(opts, setup.dataset.train.len());
+    plan.check(opts, setup.dataset.validation.len())?;
     if stop.load(Ordering::SeqCst) {
         return Ok(Report {
             interrupted: true,

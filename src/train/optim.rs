@@ -4,7 +4,7 @@
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::kernels::adamw::{adamw_step, cast_f16, grad_sumsq, AdamWStep};
 use crate::model::Vit;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// Views are 256-byte aligned in both f32 and f16 buffers: 128 elements.
 const ALIGN: usize = 128;
@@ -159,12 +159,58 @@ impl FlatParams {
 
     /// Current master values of each trainable parameter.
     pub fn read_master(&self, gpu: &Gpu) -> Result<Vec<(usize, Vec<f32>)>> {
-        let all = gpu.read(&self.master)?;
-        Ok(self
-            .entries
+        Ok(self.unpack(&gpu.read(&self.master)?))
+    }
+
+    /// Each trainable parameter's values in a flat buffer read back (e.g. the master weights).
+    pub fn unpack(&self, all: &[f32]) -> Vec<(usize, Vec<f32>)> {
+        self.entries
             .iter()
             .map(|&(i, o, n)| (i, all[o..o + n].to_vec()))
-            .collect())
+            .collect()
+    }
+
+    /// The flat layout as text (parameter index, offset and count of each entry, and the
+    /// layer-decay grouping): a saved optimizer state fits only the same layout.
+    pub fn layout(&self) -> String {
+        let e: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(i, o, n)| format!("{i}:{o}:{n}"))
+            .collect();
+        let by_layer = if self.layer_segments.is_some() {
+            " by-layer"
+        } else {
+            ""
+        };
+        format!("{} of {}{by_layer}", e.join(","), self.master.numel())
+    }
+
+    /// The optimizer state: f32 master weights, first and second moments.
+    pub fn read_state(&self, gpu: &Gpu) -> Result<[Vec<f32>; 3]> {
+        Ok([
+            gpu.read(&self.master)?,
+            gpu.read(&self.m)?,
+            gpu.read(&self.v)?,
+        ])
+    }
+
+    /// Restores a state [`FlatParams::read_state`] returned (and the f16 copies).
+    pub fn restore_state(&self, gpu: &Gpu, state: &[Vec<f32>; 3]) -> Result<()> {
+        let n = self.master.numel();
+        if let Some(bad) = state.iter().find(|s| s.len() != n) {
+            bail!(
+                "the optimizer state holds {} values, this run's {n}",
+                bad.len()
+            );
+        }
+        gpu.write(&self.master, &state[0]);
+        gpu.write(&self.m, &state[1]);
+        gpu.write(&self.v, &state[2]);
+        if let Some(h) = &self.half {
+            cast_f16(gpu, h, &self.master);
+        }
+        Ok(())
     }
 
     /// Number of trainable values.
@@ -236,6 +282,18 @@ impl LossScaler {
             scale: if enabled { 65536.0 } else { 1.0 },
             good: 0,
             interval: if enabled { 2000 } else { u32::MAX },
+        }
+    }
+
+    /// (scale, good steps since it last changed), to save.
+    pub fn state(&self) -> (f32, u32) {
+        (self.scale, self.good)
+    }
+
+    /// Continues from a saved [`LossScaler::state`] (nothing to restore when disabled).
+    pub fn restore(&mut self, scale: f32, good: u32) {
+        if self.enabled() {
+            (self.scale, self.good) = (scale, good);
         }
     }
 

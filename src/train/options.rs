@@ -178,6 +178,22 @@ pub struct TrainOptions {
     pub balanced_sampling: bool,
     /// Where scalars are reported besides log.jsonl and the plots.
     pub report_to: ReportTo,
+    /// Evaluate every N optimizer steps (default: each epoch).
+    pub eval_steps: Option<usize>,
+    /// Write `OUTPUT/checkpoint-STEP/` every N optimizer steps (default: each epoch).
+    pub save_steps: Option<usize>,
+    /// Keep at most K checkpoint folders, removing the oldest but never the best.
+    pub save_total_limit: Option<usize>,
+    /// Leave the best checkpoint's model in `OUTPUT/` at the end.
+    pub load_best_model_at_end: bool,
+    /// The validation metric that ranks checkpoints (`loss`, `accuracy`, or `eval_*`).
+    pub metric_for_best: String,
+    /// Higher is better for `metric_for_best` (default: true unless it is a loss).
+    pub greater_is_better: Option<bool>,
+    /// Stop after N evaluations without a better `metric_for_best`.
+    pub early_stopping_patience: Option<usize>,
+    /// Continue from `OUTPUT/checkpoint-STEP` (or a run folder's latest checkpoint).
+    pub resume: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -225,6 +241,14 @@ impl Default for TrainOptions {
             cutmix: None,
             balanced_sampling: false,
             report_to: ReportTo::None,
+            eval_steps: None,
+            save_steps: None,
+            save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best: "loss".to_string(),
+            greater_is_better: None,
+            early_stopping_patience: None,
+            resume: None,
         }
     }
 }
@@ -239,6 +263,22 @@ impl TrainOptions {
     /// (a linear probe without augmentation, or on the demo).
     pub fn caches_features(&self) -> bool {
         self.mode == Mode::HeadOnly && (!self.augment || self.is_demo())
+    }
+
+    /// The key of `metric_for_best` in the evaluation's metrics: `eval_loss`, `eval_accuracy`, ...
+    pub fn best_metric_key(&self) -> String {
+        let m = self.metric_for_best.trim();
+        match m.strip_prefix("eval_") {
+            Some(_) => m.to_string(),
+            None => format!("eval_{m}"),
+        }
+    }
+
+    /// Whether a higher `metric_for_best` is better: as given, else true unless it is a loss
+    /// (the Hugging Face Trainer's rule).
+    pub fn higher_is_better(&self) -> bool {
+        self.greater_is_better
+            .unwrap_or(!self.best_metric_key().ends_with("loss"))
     }
 
     /// Checks every numeric option against its range (the command line checks the same
@@ -283,6 +323,10 @@ impl TrainOptions {
             ("--grad-accum", Some(self.grad_accum)),
             ("--max-steps", self.max_steps),
             ("--res", self.res),
+            ("--eval-steps", self.eval_steps),
+            ("--save-steps", self.save_steps),
+            ("--save-total-limit", self.save_total_limit),
+            ("--early-stopping-patience", self.early_stopping_patience),
         ];
         for (flag, v) in counts {
             if v == Some(0) {
@@ -303,6 +347,9 @@ impl TrainOptions {
                      the frozen backbone"
                 );
             }
+        }
+        if self.metric_for_best.trim().is_empty() {
+            bail!("--metric-for-best must name a validation metric, e.g. loss or accuracy");
         }
         Ok(())
     }

@@ -59,6 +59,35 @@ pub fn start_run(o: &TrainOptions, plan: &Plan) -> Result<()> {
     )
 }
 
+/// Opens the training log: a new one, or (resuming from `step`) the existing one without the
+/// lines of the steps after it, which the resumed run writes again, and without the summary of
+/// the run that ended there (the resumed run ends with its own).
+pub fn open_log(out: &Path, resumed_at: Option<usize>) -> Result<std::fs::File> {
+    let path = out.join(LOG_FILE);
+    let cannot = || format!("cannot write {}", path.display());
+    let Some(step) = resumed_at else {
+        return std::fs::File::create(&path).with_context(cannot);
+    };
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept: String = old
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let summary = v.get("event").and_then(|e| e.as_str()) == Some("summary");
+            !summary
+                && v.get("step")
+                    .and_then(|s| s.as_u64())
+                    .is_none_or(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(cannot)
+}
+
 fn is_empty_or_run(dir: &Path) -> Result<bool> {
     if !dir.is_dir() {
         return Ok(true);

@@ -2,6 +2,7 @@
 //! from the options and the dataset size before the first step.
 
 use super::options::{Mode, TrainOptions};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 /// What a run will do, with every default resolved.
@@ -23,6 +24,10 @@ pub struct Plan {
     pub augment: bool,
     /// The classifier trains alone on CLS features computed once per image.
     pub cached_features: bool,
+    /// Evaluate after every this many optimizer steps (and after the last one).
+    pub eval_steps: usize,
+    /// Write a checkpoint after every this many optimizer steps (and after the last one).
+    pub save_steps: usize,
 }
 
 impl Plan {
@@ -59,7 +64,34 @@ impl Plan {
             weight_decay: o.weight_decay.unwrap_or(if demo { 0.05 } else { 0.0 }),
             augment: o.augment && !demo,
             cached_features: o.caches_features(),
+            eval_steps: o.eval_steps.unwrap_or(steps_per_epoch),
+            save_steps: o.save_steps.unwrap_or(steps_per_epoch),
         }
+    }
+
+    /// Refuses best-model tracking that cannot work: no validation images to rank by, or
+    /// checkpoints that are not all evaluated (the Hugging Face Trainer's rule).
+    pub fn check(&self, o: &TrainOptions, n_validation: usize) -> Result<()> {
+        let flag = match (o.load_best_model_at_end, o.early_stopping_patience) {
+            (true, _) => "--load-best-model-at-end",
+            (false, Some(_)) => "--early-stopping-patience",
+            (false, None) => return Ok(()),
+        };
+        if n_validation == 0 {
+            bail!(
+                "{flag} ranks checkpoints by a validation metric, but the data has no validation \
+                 images: add DATA/validation/ (or use a flat DATA/CLASS/* folder with --val-fraction)"
+            );
+        }
+        if o.load_best_model_at_end && !self.save_steps.is_multiple_of(self.eval_steps) {
+            bail!(
+                "--load-best-model-at-end needs every checkpoint evaluated: saving every {} steps \
+                 is not a multiple of evaluating every {} (set --save-steps to a multiple of --eval-steps)",
+                self.save_steps,
+                self.eval_steps
+            );
+        }
+        Ok(())
     }
 
     /// Epochs done after `step` optimizer steps, rounded to 4 decimals for the log.
@@ -105,6 +137,43 @@ mod tests {
             ..opts()
         };
         assert_eq!(Plan::new(&o, 13).total_steps, 5);
+    }
+
+    #[test]
+    fn best_model_tracking_needs_validation_and_evaluated_checkpoints() {
+        let o = TrainOptions {
+            load_best_model_at_end: true,
+            eval_steps: Some(4),
+            save_steps: Some(6),
+            ..opts()
+        };
+        let p = Plan::new(&o, 13);
+        let err = p.check(&o, 0).unwrap_err().to_string();
+        assert!(err.contains("no validation"), "{err}");
+        let err = p.check(&o, 3).unwrap_err().to_string();
+        assert!(err.contains("--save-steps"), "{err}");
+        let ok = TrainOptions {
+            save_steps: Some(8),
+            ..o.clone()
+        };
+        assert!(Plan::new(&ok, 13).check(&ok, 3).is_ok());
+        // By default both come each epoch.
+        let o = TrainOptions {
+            early_stopping_patience: Some(2),
+            ..opts()
+        };
+        let p = Plan::new(&o, 13);
+        assert_eq!((p.eval_steps, p.save_steps), (4, 4));
+        assert!(p.check(&o, 0).is_err() && p.check(&o, 1).is_ok());
+        assert!(p.check(&opts(), 0).is_ok());
+        assert_eq!(o.best_metric_key(), "eval_loss");
+        assert!(!o.higher_is_better());
+        let acc = TrainOptions {
+            metric_for_best: "accuracy".into(),
+            ..opts()
+        };
+        assert_eq!(acc.best_metric_key(), "eval_accuracy");
+        assert!(acc.higher_is_better());
     }
 
     #[test]

@@ -102,6 +102,12 @@ fn problem_type(o: &TrainOptions, config: &mut Config, ds: &Dataset) -> Result<b
              --label-smoothing"
         );
     }
+    if multi && o.balanced_sampling {
+        bail!(
+            "--balanced-sampling draws images by their one class, which multi-label images do \
+             not have: for rare labels use --class-weights balanced (a pos_weight per label)"
+        );
+    }
     if multi {
         config.set_multi_label();
     }

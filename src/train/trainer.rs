@@ -1,12 +1,14 @@
-//! The Trainer: epochs of optimizer steps, evaluation and a checkpoint after every epoch, a
-//! bound on steps that give inf/NaN, and Ctrl-C honoured between any two steps or batches.
+//! The Trainer: epochs of optimizer steps, evaluations and checkpoints every so many steps
+//! (each epoch by default), the best checkpoint and early stopping, exact resume, a bound on
+//! steps that give inf/NaN, and Ctrl-C honoured between any two steps or batches.
 
 use super::optim::{lr_factor, FlatParams, LossScaler};
 use super::options::{Mode, TrainOptions};
-use super::output::{start_run, LOG_FILE};
+use super::output::{open_log, start_run};
 use super::plan::Plan;
 use super::report::Reports;
 use super::setup::Setup;
+use super::state::{self, folder_name, Position, TrainerState};
 use super::{Diverged, Report};
 use crate::checkpoint;
 use crate::data::{balanced_order, mixup, Batch, Loader, MixupConfig, Rng, Sample, Unreadable};
@@ -82,8 +84,9 @@ impl Batches {
 struct Progress {
     /// Optimizer steps applied.
     step: usize,
-    /// Consecutive steps skipped for inf/NaN.
-    bad_steps: usize,
+    /// Where the data stands, and the counters a checkpoint restores.
+    pos: Position,
+    /// Training images seen by this process (for images/s).
     images_seen: usize,
     /// Unreadable images (by name, each once) and why.
     skipped: Unreadable,
@@ -95,8 +98,51 @@ struct Progress {
     last_eval: Option<Map<String, Value>>,
     /// The step of the last checkpoint written.
     saved_step: Option<usize>,
+    /// `trainer_state.json`'s log history: steps and evaluations.
+    log_history: Vec<Value>,
+    /// The best value of the ranking metric (`--metric-for-best`) and its step.
+    best: Option<(f64, usize)>,
+    /// The best step's checkpoint folder (in the run resumed, when it was before the resume).
+    best_dir: Option<std::path::PathBuf>,
+    /// Evaluations since the best.
+    patience: usize,
+    /// Early stopping ended the run.
+    early_stopped: bool,
     started: Instant,
     bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// A run's counters at its start, or where the checkpoint `from` left them.
+    fn new(total: usize, from: Option<&TrainerState>) -> Progress {
+        let st = from.cloned().unwrap_or_default();
+        Progress {
+            step: st.global_step,
+            pos: st.position,
+            images_seen: 0,
+            skipped: Unreadable::default(),
+            accuracy: None,
+            map: None,
+            saved_step: from.map(|s| s.global_step),
+            log_history: st.log_history,
+            last_eval: None,
+            best: st.best_metric.zip(st.best_global_step),
+            best_dir: st.best_model_checkpoint.map(Into::into),
+            patience: st.early_stopping_patience_counter,
+            early_stopped: false,
+            started: Instant::now(),
+            bar: progress_bar(total),
+        }
+    }
+}
+
+/// The scalar metrics of an evaluation by the Hugging Face Trainer's names (`eval_loss`,
+/// `eval_accuracy`, `eval_macro_f1`, ...; multi-label `eval_map`, ...).
+fn eval_scalars(scalars: &[(&'static str, f64)]) -> Map<String, Value> {
+    scalars
+        .iter()
+        .map(|(k, v)| (format!("eval_{k}"), json!(v)))
+        .collect()
 }
 
 /// A fine-tuning run on one GPU: built from the prepared setup and the plan, run once.
@@ -179,11 +225,10 @@ impl<'a> Trainer<'a> {
             &host_vals,
             opts.layer_decay.is_some(),
         )?;
+        let resumed = resume(gpu, opts, &flat, setup.dataset.train.len())?;
         start_run(opts, &plan)?;
         let reports = Reports::new(opts)?;
-        let log_path = opts.output.join(LOG_FILE);
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot write {}", log_path.display()))?;
+        let log = open_log(&opts.output, resumed.as_ref().map(|s| s.global_step))?;
         eprintln!(
             "training {} of {} parameters ({} images, {} classes, {res}×{res}, {:?}, {} steps)",
             flat.count(),
@@ -193,7 +238,10 @@ impl<'a> Trainer<'a> {
             opts.precision,
             plan.total_steps
         );
-        let bar = progress_bar(plan.total_steps);
+        let mut scaler = LossScaler::new(opts.precision.dtype() == DType::F16);
+        if let Some(st) = &resumed {
+            scaler.restore(st.loss_scale, st.loss_scale_good_steps);
+        }
         let class_weights = match &setup.class_weights {
             Some(w) => Some(gpu.upload(w, &[w.len()], DType::F32)?),
             None => None,
@@ -202,7 +250,8 @@ impl<'a> Trainer<'a> {
             class_weights,
             gpu,
             opts,
-            scaler: LossScaler::new(opts.precision.dtype() == DType::F16),
+            scaler,
+            p: Progress::new(plan.total_steps, resumed.as_ref()),
             plan,
             setup,
             vit,
@@ -211,18 +260,6 @@ impl<'a> Trainer<'a> {
             stop,
             features: None,
             reports,
-            p: Progress {
-                step: 0,
-                bad_steps: 0,
-                images_seen: 0,
-                skipped: Unreadable::default(),
-                accuracy: None,
-                map: None,
-                last_eval: None,
-                saved_step: None,
-                started: Instant::now(),
-                bar,
-            },
         })
     }
 
@@ -259,34 +296,72 @@ impl<'a> Trainer<'a> {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// The epoch loop: each epoch ends with an evaluation and a checkpoint.
+    /// Epochs until the plan ends, early stopping or Ctrl-C; then the last checkpoint, and
+    /// with `--load-best-model-at-end` the best model in the output folder.
     fn epochs(&mut self) -> Result<()> {
-        let mut epoch = 0;
-        while self.p.step < self.plan.total_steps && !self.stopped() {
-            self.epoch(epoch)?;
-            if self.stopped() {
-                break;
+        while !self.done() {
+            self.epoch()?;
+        }
+        if self.stopped() {
+            return Ok(());
+        }
+        self.save_if_new()?;
+        if self.opts.load_best_model_at_end {
+            self.load_best()?;
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.p.step >= self.plan.total_steps || self.p.early_stopped || self.stopped()
+    }
+
+    /// The rest of the current pass over the training split (or less, where the run ends).
+    fn epoch(&mut self) -> Result<()> {
+        // A checkpoint of a larger training split may lie past this one's end.
+        self.advance(0);
+        let epoch = self.p.pos.epoch;
+        let mut batches = self.batches(epoch, self.p.pos.micro_batches_done);
+        while self.p.pos.epoch == epoch && !self.done() {
+            let left = self.plan.micro_per_epoch - self.p.pos.micro_batches_done;
+            let micro = self.opts.grad_accum.min(left);
+            let before = self.p.step;
+            self.step(&mut batches, micro)?;
+            self.advance(micro);
+            if self.p.step > before {
+                self.after_step()?;
             }
-            epoch += 1;
-            self.evaluate(epoch)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the data position past `micro` micro-batches (into the next epoch at the end).
+    fn advance(&mut self, micro: usize) {
+        let pos = &mut self.p.pos;
+        pos.micro_batches_done += micro;
+        if pos.micro_batches_done >= self.plan.micro_per_epoch {
+            pos.epoch += 1;
+            pos.micro_batches_done = 0;
+        }
+    }
+
+    /// Evaluates and saves every `eval_steps` / `save_steps` steps and after the last one.
+    fn after_step(&mut self) -> Result<()> {
+        let (step, plan) = (self.p.step, &self.plan);
+        let last = step >= plan.total_steps;
+        let save = last || step.is_multiple_of(plan.save_steps);
+        if last || step.is_multiple_of(plan.eval_steps) {
+            self.evaluate_and_rank()?;
+        }
+        if save {
             self.save_if_new()?;
         }
         Ok(())
     }
 
-    /// One pass over the training split (or less, where the plan ends or Ctrl-C comes).
-    fn epoch(&mut self, epoch: usize) -> Result<()> {
-        let mut batches = self.batches(epoch);
-        let mut left = self.plan.micro_per_epoch;
-        while left > 0 && self.p.step < self.plan.total_steps && !self.stopped() {
-            let micro = self.opts.grad_accum.min(left);
-            self.step(&mut batches, micro)?;
-            left -= micro;
-        }
-        Ok(())
-    }
-
-    fn batches(&self, epoch: usize) -> Batches {
+    /// Epoch `epoch`'s micro-batches after the first `skip` (not decoded: the image order
+    /// and every image's augmentation depend only on the seed and the epoch).
+    fn batches(&self, epoch: usize, skip: usize) -> Batches {
         let train = &self.setup.dataset.train;
         let mut order: Vec<usize> = (0..train.len()).collect();
         if self.opts.balanced_sampling {
@@ -297,16 +372,17 @@ impl<'a> Trainer<'a> {
         } else if self.opts.shuffle {
             Rng::new(self.opts.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
         }
+        let first = (skip * self.opts.batch_size).min(order.len());
         match &self.features {
             Some((feats, _)) => Batches::Features {
                 feats: feats.clone(),
                 order,
                 batch_size: self.opts.batch_size,
-                next: 0,
+                next: first,
             },
             None => Batches::Images(Loader::start(
                 train.clone(),
-                order,
+                order[first..].to_vec(),
                 self.opts.batch_size,
                 self.setup.pre.clone(),
                 self.plan.augment,
@@ -341,7 +417,7 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.apply(norm);
         self.scaler.update(true);
-        self.p.bad_steps = 0;
+        self.p.pos.bad_steps = 0;
         self.log_step(loss, lr)
     }
 
@@ -534,7 +610,7 @@ impl<'a> Trainer<'a> {
     fn skip(&mut self, loss: f32) -> Result<()> {
         let hopeless = !self.scaler.enabled() || self.scaler.at_floor();
         self.scaler.update(false);
-        self.p.bad_steps += 1;
+        self.p.pos.bad_steps += 1;
         let (step, scale) = (self.p.step + 1, self.scaler.scale);
         self.write_log(json!({"event": "skipped_step", "step": step, "reason": "inf/NaN loss or gradients", "loss": loss, "loss_scale": scale}))?;
         if hopeless {
@@ -543,7 +619,7 @@ impl<'a> Trainer<'a> {
             } else {
                 "loss"
             };
-            let n = self.p.bad_steps;
+            let n = self.p.pos.bad_steps;
             let what = match n {
                 1 => format!("step {step} gave an inf/NaN {what}"),
                 _ => format!("step {step} gave an inf/NaN {what} {n} times in a row"),
@@ -620,6 +696,8 @@ impl<'a> Trainer<'a> {
         let epoch = self.plan.epoch_at(step);
         self.write_log(json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr}))?;
         self.reports.train_step(step, epoch, loss as f64, lr)?;
+        let entry = json!({"loss": loss, "learning_rate": lr, "epoch": epoch, "step": step});
+        self.p.log_history.push(entry);
         let secs = self.p.started.elapsed().as_secs_f64().max(1e-9);
         let ips = self.p.images_seen as f64 / secs;
         self.p.bar.set_position(step as u64);
@@ -671,16 +749,16 @@ impl<'a> Trainer<'a> {
 
     /// The full metrics on the validation split (those of `vitgpu eval`): printed in short,
     /// logged (scalars), kept in `last_eval`, and reported (plots, TensorBoard,
-    /// eval_results.json). Nothing when the split is empty, unreadable, or Ctrl-C cut the
-    /// evaluation short.
-    fn evaluate(&mut self, epoch: usize) -> Result<()> {
+    /// eval_results.json); returns the scalars by their `eval_*` names. Nothing when the split
+    /// is empty, unreadable, or Ctrl-C cut the evaluation short.
+    fn evaluate(&mut self, epoch: usize) -> Result<Option<Map<String, Value>>> {
         if self.setup.dataset.validation.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let (logits, idx, failed) = self.validation_logits()?;
         self.note_skipped(&failed);
         if self.stopped() {
-            return Ok(());
+            return Ok(None);
         }
         let val = &self.setup.dataset.validation;
         if self.setup.multi_label {
@@ -689,7 +767,7 @@ impl<'a> Trainer<'a> {
         let labels: Vec<u32> = idx.iter().map(|&i| val[i].label as u32).collect();
         let Some(m) = Metrics::compute(&logits, &labels, self.vit.num_labels()) else {
             eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
-            return Ok(());
+            return Ok(None);
         };
         let (loss, acc) = (m.loss, m.accuracy);
         let auc = m
@@ -717,7 +795,7 @@ impl<'a> Trainer<'a> {
             .evaluation(step, ep, &scalars, &full, Some((&m, &names)))?;
         self.p.accuracy = Some(acc);
         self.p.last_eval = Some(full);
-        Ok(())
+        Ok(Some(eval_scalars(&scalars)))
     }
 
     /// Prints the end-of-run summary and logs it.
@@ -737,13 +815,18 @@ impl<'a> Trainer<'a> {
     /// Multi-label validation: the mean binary cross-entropy (without pos_weight, as the
     /// single-label loss is unweighted), mAP, exact match and F1 at the threshold, printed
     /// and logged.
-    fn evaluate_multi_label(&mut self, epoch: usize, logits: &[f32], idx: &[usize]) -> Result<()> {
+    fn evaluate_multi_label(
+        &mut self,
+        epoch: usize,
+        logits: &[f32],
+        idx: &[usize],
+    ) -> Result<Option<Map<String, Value>>> {
         let val = &self.setup.dataset.validation;
         let n = self.vit.num_labels();
         let truth = multi_hot(idx.iter().map(|&i| &val[i]), n);
         let Some(m) = MultiLabelMetrics::from_logits(logits, &truth, n, self.opts.threshold) else {
             eprintln!("warning: no validation image could be read: no validation metrics for epoch {epoch}");
-            return Ok(());
+            return Ok(None);
         };
         let map = m.map.map_or("n/a".to_string(), |v| format!("{v:.4}"));
         self.p.bar.suspend(|| {
@@ -771,7 +854,7 @@ impl<'a> Trainer<'a> {
         self.p.accuracy = Some(m.exact_match);
         self.p.map = m.map;
         self.p.last_eval = Some(full);
-        Ok(())
+        Ok(Some(eval_scalars(&scalars)))
     }
 
     /// Logits and positions in the validation split of the readable validation samples, and
@@ -811,17 +894,41 @@ impl<'a> Trainer<'a> {
         self.save()
     }
 
-    /// Writes the Hugging Face checkpoint (atomically, file by file), unless a weight is
-    /// inf/NaN: then the last checkpoint stays and the run fails with [`Diverged`].
+    /// Writes `OUTPUT/checkpoint-STEP/` (the Hugging Face files, the optimizer state and the
+    /// trainer state, renamed into place as one) and the Hugging Face files in `OUTPUT/`,
+    /// then removes checkpoints beyond `--save-total-limit`. Unless a weight is inf/NaN: then
+    /// the last checkpoint stays and the run fails with [`Diverged`].
     fn save(&mut self) -> Result<()> {
+        let optimizer = self.flat.read_state(self.gpu)?;
+        let tensors = self.saved_tensors(&optimizer[0])?;
+        let config = self.vit.saved_config();
+        let pre = self.setup.pre.to_json();
+        let (out, dtype) = (&self.opts.output, self.setup.save_dtype);
+        let trainer_state = self.trainer_state()?;
+        let layout = self.flat.layout();
+        state::write_folder(out, self.p.step, |dir| {
+            checkpoint::save(dir, &config, &tensors, dtype, &pre)?;
+            state::save_optimizer(dir, &optimizer, &layout)?;
+            trainer_state.write(dir)
+        })?;
+        checkpoint::save(out, &config, &tensors, dtype, &pre)?;
+        self.p.saved_step = Some(self.p.step);
+        if let Some(limit) = self.opts.save_total_limit {
+            state::rotate(out, limit, self.p.best.map(|b| b.1))?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter's values to save: the trainable ones from the flat `master` buffer,
+    /// the frozen ones as they started. An error ([`Diverged`]) when one holds inf/NaN.
+    fn saved_tensors(&self, master: &[f32]) -> Result<super::setup::HostParams> {
         let mut tensors = self.setup.host.clone();
         let table = self.vit.param_table();
-        for (i, vals) in self.flat.read_master(self.gpu)? {
+        for (i, vals) in self.flat.unpack(master) {
             if let Some(t) = tensors.get_mut(&table[i].name) {
                 t.data = vals;
             }
         }
-        let config = self.vit.saved_config();
         if let Some((name, _)) = tensors
             .iter()
             .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
@@ -831,15 +938,171 @@ impl<'a> Trainer<'a> {
                 "after step {step} the weights hold inf/NaN values (tensor {name}), so they were not saved"
             )));
         }
-        let pre = self.setup.pre.to_json();
-        checkpoint::save(
-            &self.opts.output,
-            &config,
-            &tensors,
-            self.setup.save_dtype,
-            &pre,
-        )?;
-        self.p.saved_step = Some(self.p.step);
+        Ok(tensors)
+    }
+
+    /// `trainer_state.json` now.
+    fn trainer_state(&self) -> Result<TrainerState> {
+        let (p, plan) = (&self.p, &self.plan);
+        let (loss_scale, loss_scale_good_steps) = self.scaler.state();
+        let epoch =
+            p.pos.epoch as f64 + p.pos.micro_batches_done as f64 / plan.micro_per_epoch as f64;
+        Ok(TrainerState {
+            global_step: p.step,
+            epoch,
+            max_steps: plan.total_steps,
+            eval_steps: plan.eval_steps,
+            save_steps: plan.save_steps,
+            train_batch_size: self.opts.batch_size,
+            num_train_images: self.setup.dataset.train.len(),
+            log_history: p.log_history.clone(),
+            best_metric: p.best.map(|b| b.0),
+            best_global_step: p.best.map(|b| b.1),
+            best_model_checkpoint: p.best_dir.as_ref().map(|d| d.display().to_string()),
+            early_stopping_patience_counter: p.patience,
+            loss_scale,
+            loss_scale_good_steps,
+            position: Position {
+                seed: self.opts.seed,
+                ..p.pos
+            },
+            options: serde_json::to_value(self.opts)?,
+        })
+    }
+
+    /// Evaluates; ranks the metrics for the best checkpoint and early stopping.
+    fn evaluate_and_rank(&mut self) -> Result<()> {
+        let step = self.p.step;
+        let Some(metrics) = self.evaluate(self.plan.epoch_at(step).ceil() as usize)? else {
+            return Ok(());
+        };
+        let mut entry = metrics.clone();
+        entry.insert("epoch".into(), self.plan.epoch_at(step).into());
+        entry.insert("step".into(), step.into());
+        self.p.log_history.push(Value::Object(entry));
+        self.rank(&metrics)
+    }
+
+    /// Records a new best `--metric-for-best`, or one more evaluation without; stops early
+    /// after `--early-stopping-patience` of those.
+    fn rank(&mut self, metrics: &Map<String, Value>) -> Result<()> {
+        let key = self.opts.best_metric_key();
+        let Some(value) = metrics.get(&key).and_then(Value::as_f64) else {
+            self.save_if_new()?;
+            let have: Vec<&str> = metrics
+                .keys()
+                .map(|k| k.trim_start_matches("eval_"))
+                .collect();
+            bail!(
+                "--metric-for-best {}: the evaluation gives no such metric (it gives {}); what was trained is saved",
+                self.opts.metric_for_best,
+                have.join(", ")
+            );
+        };
+        let step = self.p.step;
+        if state::improves(
+            value,
+            self.p.best.map(|b| b.0),
+            self.opts.higher_is_better(),
+        ) {
+            self.p.best = Some((value, step));
+            self.p.best_dir = Some(self.opts.output.join(folder_name(step)));
+            self.p.patience = 0;
+        } else {
+            self.p.patience += 1;
+        }
+        let Some(n) = self.opts.early_stopping_patience else {
+            return Ok(());
+        };
+        if self.p.patience >= n {
+            let (best, at) = self.p.best.unwrap_or((value, step));
+            self.p.early_stopped = true;
+            self.p.bar.suspend(|| {
+                eprintln!("early stopping after step {step}: {key} has not improved for {n} evaluation(s) (best {best:.4} at step {at})")
+            });
+            self.write_log(json!({"event": "early_stopping", "step": step, "best_metric": best, "best_step": at}))?;
+        }
         Ok(())
     }
+
+    /// Puts the best checkpoint's model in the output folder; its accuracy is the run's.
+    fn load_best(&mut self) -> Result<()> {
+        let (Some((value, step)), Some(dir)) = (self.p.best, self.p.best_dir.clone()) else {
+            return Ok(());
+        };
+        if !dir.join(checkpoint::WEIGHTS_FILE).is_file() {
+            eprintln!(
+                "warning: the best checkpoint (step {step}, {}) is gone: {} keeps the last model",
+                dir.display(),
+                self.opts.output.display()
+            );
+            return Ok(());
+        }
+        state::copy_model(&dir, &self.opts.output)?;
+        let acc = self.p.log_history.iter().find_map(|e| {
+            (e.get("step") == Some(&step.into())).then(|| e.get("eval_accuracy")?.as_f64())?
+        });
+        self.p.accuracy = acc.or(self.p.accuracy);
+        let key = self.opts.best_metric_key();
+        eprintln!(
+            "best checkpoint: {} ({key} {value:.4}); its model is in {}",
+            dir.display(),
+            self.opts.output.display()
+        );
+        Ok(())
+    }
+}
+
+/// With `--resume`: reads the checkpoint's trainer state and puts its optimizer state (master
+/// weights and moments) into `flat`; warns about options that differ from the checkpoint's.
+/// Cleans up what an interrupted save left, either way.
+fn resume(
+    gpu: &Gpu,
+    opts: &TrainOptions,
+    flat: &FlatParams,
+    n_train: usize,
+) -> Result<Option<TrainerState>> {
+    for name in state::clean_partial(&opts.output)? {
+        eprintln!("removed {name}: a checkpoint an interrupted save left half written");
+    }
+    let Some(path) = &opts.resume else {
+        let earlier = state::list(&opts.output)?;
+        if let Some((step, _)) = earlier.last() {
+            eprintln!(
+                "warning: {} holds {} checkpoint folder(s) of an earlier run (up to checkpoint-{step}); \
+                 this run replaces those of the steps it saves. To continue that run instead, pass --resume {}",
+                opts.output.display(),
+                earlier.len(),
+                opts.output.display()
+            );
+        }
+        return Ok(None);
+    };
+    let dir = state::find(path)?;
+    let st = TrainerState::read(&dir)?;
+    flat.restore_state(gpu, &state::load_optimizer(&dir, &flat.layout())?)?;
+    let mut changed = state::changed_options(&st.options, &serde_json::to_value(opts)?);
+    if st.num_train_images != n_train {
+        changed.push(format!(
+            "training images {} → {n_train}",
+            st.num_train_images
+        ));
+    }
+    if !changed.is_empty() {
+        eprintln!(
+            "warning: resuming with other settings than {} was trained with ({}): the run will \
+             not match one that was never interrupted",
+            dir.display(),
+            changed.join("; ")
+        );
+    }
+    let pos = st.position;
+    eprintln!(
+        "resuming from {} at step {} (epoch {}, {} micro-batches into it)",
+        dir.display(),
+        st.global_step,
+        pos.epoch + 1,
+        pos.micro_batches_done
+    );
+    Ok(Some(st))
 }

@@ -485,6 +485,14 @@ fn bad_numbers_are_refused_while_parsing_before_anything_loads() {
         (&["--weight-decay", "nan"], "--weight-decay"),
         (&["--batch-size", "0"], "--batch-size"),
         (&["--grad-accum", "0"], "--grad-accum"),
+        (&["--eval-steps", "0"], "--eval-steps"),
+        (&["--save-steps", "-3"], "--save-steps"),
+        (&["--save-total-limit", "0"], "--save-total-limit"),
+        (
+            &["--early-stopping-patience", "x"],
+            "--early-stopping-patience",
+        ),
+        (&["--greater-is-better", "maybe"], "--greater-is-better"),
         (&["--output", file.to_str().unwrap()], "is a file"),
     ];
     for (extra, want) in cases {

@@ -17,4 +17,5 @@ mod multilabel;
 mod preprocess;
 mod regularisers;
 mod report;
+mod resume;
 mod train;

@@ -482,6 +482,24 @@ fn ctrl_c_saves_a_checkpoint_before_exiting() {
     assert!(err.contains("interrupted"), "{err}");
     let ck = checkpoint::load(&out).unwrap();
     assert_eq!(ck.config.id2label.len(), 10);
+    // ... and a checkpoint folder to resume from, at the step and position reached.
+    let dirs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("trainer_state.json").is_file())
+        .collect();
+    let [dir] = &dirs[..] else { panic!("{dirs:?}") };
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let step = state["global_step"].as_u64().unwrap();
+    assert!(
+        step >= 1 && dir.ends_with(format!("checkpoint-{step}")),
+        "{state}"
+    );
+    // The demo's 4500 images make 141 micro-batches an epoch.
+    assert_eq!(state["position"]["micro_batches_done"], step, "{state}");
+    checkpoint::load(dir).unwrap();
     let _ = std::fs::remove_dir_all(&out);
 }
 
