@@ -321,7 +321,15 @@ fn soft_target_cross_entropy_matches_timm_and_pytorch() {
 }
 
 fn finetune(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let (data, start) = (fixture_path("train/data"), fixture_path("train/start"));
+    finetune_on(&fixture_path("train/data"), out, extra)
+}
+
+fn finetune_on(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let start = fixture_path("train/start");
     let mut args = vec![
         "finetune",
         "--model",
@@ -407,6 +415,73 @@ fn finetune_with_regularisers_is_deterministic_and_recorded() {
     for d in [a, a2, other, plain] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Evaluation is untouched by the regularisers: the validation loss that a run with drop-path,
+/// mixup and cutmix logs after its last step equals `vitgpu eval`'s on the saved model (which
+/// knows nothing of them), and repeats under the seed.
+#[test]
+fn regularisers_are_off_at_evaluation() {
+    let root = std::env::temp_dir().join(format!("vitgpu-reg-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("data");
+    // train/ as the fixture's; validation/ holds one image of each class.
+    let src = fixture_path("train/data/train");
+    for class in ["bird", "cat", "dog"] {
+        for split in ["train", "validation"] {
+            std::fs::create_dir_all(data.join(split).join(class)).unwrap();
+        }
+        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for (k, f) in files.iter().enumerate() {
+            let split = if k == 0 { "validation" } else { "train" };
+            let dest = data.join(split).join(class).join(f.file_name().unwrap());
+            std::fs::copy(f, dest).unwrap();
+        }
+    }
+    let reg = ["--drop-path", "0.5", "--mixup", "0.8", "--cutmix", "1.0"];
+    let mut val_losses = Vec::new();
+    for run in ["a", "b"] {
+        let out = root.join(run);
+        let o = finetune_on(&data, &out, &reg);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let last = std::fs::read_to_string(out.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["split"] == "validation")
+            .last()
+            .expect("a validation line");
+        val_losses.push(last["loss"].as_f64().unwrap());
+    }
+    assert_eq!(
+        val_losses[0], val_losses[1],
+        "validation repeats under the seed"
+    );
+    let metrics = root.join("m.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vitgpu"))
+        .args(["eval", "--model"])
+        .arg(root.join("a"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--split", "validation", "--batch-size", "5", "--output"])
+        .arg(&metrics)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    // The same model, images and batches on the same adapter: the same loss up to the f32
+    // rounding of the saved weights' round trip (they are saved as f32: none expected).
+    let (got, want) = (m["loss"].as_f64().unwrap(), val_losses[0]);
+    assert!(
+        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+        "eval loss {got} vs the run's validation loss {want}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Bad regulariser flags exit 2 while parsing; pixel regularisers on a cached-feature probe
