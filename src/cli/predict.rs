@@ -102,11 +102,7 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
             )
         })
         .collect();
-    if multi {
-        print_multi_label(a, &vit.config().id2label, &preds)?;
-    } else {
-        print(a, &vit.config().id2label, &preds)?;
-    }
+    print(a, &vit.config().id2label, multi, &preds)?;
     if !out.failed.is_empty() || !walk.skipped.is_empty() {
         eprintln!(
             "classified {} of {} files: {} unreadable, {} skipped",
@@ -123,55 +119,25 @@ pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
     })
 }
 
-fn print(a: &PredictArgs, labels: &[String], preds: &[(&PathBuf, &[f32], &[f32])]) -> Result<()> {
-    let top = |probs: &[f32]| {
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+/// The labels shown for one image, highest probability first: the top k of the softmax, or
+/// (multi-label) every label whose sigmoid probability is at least the threshold.
+fn shown(a: &PredictArgs, multi: bool, probs: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..probs.len())
+        .filter(|&i| !multi || probs[i] as f64 >= a.threshold)
+        .collect();
+    idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+    if !multi {
         idx.truncate(a.top_k);
-        idx
-    };
-    let label = |i: usize| {
-        labels
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("LABEL_{i}"))
-    };
-    match a.format {
-        Format::Text => {
-            for (image, _, probs) in preds {
-                println!("{}", image.display());
-                for i in top(probs) {
-                    println!("  {:>7.4}  {}", probs[i], label(i));
-                }
-            }
-        }
-        Format::Json => {
-            let arr: Vec<serde_json::Value> = preds
-                .iter()
-                .map(|(image, logits, probs)| {
-                    let top: Vec<_> = top(probs)
-                        .into_iter()
-                        .map(|i| serde_json::json!({"label": label(i), "score": probs[i]}))
-                        .collect();
-                    serde_json::json!({
-                        "image": image.display().to_string(),
-                        "logits": logits,
-                        "probs": probs,
-                        "top": top,
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&arr)?);
-        }
     }
-    Ok(())
+    idx
 }
 
-/// Multi-label output: every label whose sigmoid probability is at least the threshold
-/// (highest first); in JSON also the sigmoid of every label (`probabilities`).
-fn print_multi_label(
+/// Text: each image and its shown labels. JSON: logits and probabilities of every label
+/// (`probs` with `top`; multi-label `probabilities` with `threshold` and `labels`).
+fn print(
     a: &PredictArgs,
     labels: &[String],
+    multi: bool,
     preds: &[(&PathBuf, &[f32], &[f32])],
 ) -> Result<()> {
     let label = |i: usize| {
@@ -180,19 +146,12 @@ fn print_multi_label(
             .cloned()
             .unwrap_or_else(|| format!("LABEL_{i}"))
     };
-    let above = |probs: &[f32]| {
-        let mut idx: Vec<usize> = (0..probs.len())
-            .filter(|&i| probs[i] as f64 >= a.threshold)
-            .collect();
-        idx.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
-        idx
-    };
     match a.format {
         Format::Text => {
             for (image, _, probs) in preds {
                 println!("{}", image.display());
-                let idx = above(probs);
-                if idx.is_empty() {
+                let idx = shown(a, multi, probs);
+                if multi && idx.is_empty() {
                     println!("  (no label at or above the threshold {})", a.threshold);
                 }
                 for i in idx {
@@ -204,17 +163,18 @@ fn print_multi_label(
             let arr: Vec<serde_json::Value> = preds
                 .iter()
                 .map(|(image, logits, probs)| {
-                    let chosen: Vec<_> = above(probs)
+                    let chosen: Vec<_> = shown(a, multi, probs)
                         .into_iter()
                         .map(|i| serde_json::json!({"label": label(i), "score": probs[i]}))
                         .collect();
-                    serde_json::json!({
-                        "image": image.display().to_string(),
-                        "logits": logits,
-                        "probabilities": probs,
-                        "threshold": a.threshold,
-                        "labels": chosen,
-                    })
+                    let image = image.display().to_string();
+                    if multi {
+                        serde_json::json!({"image": image, "logits": logits,
+                            "probabilities": probs, "threshold": a.threshold, "labels": chosen})
+                    } else {
+                        serde_json::json!({"image": image, "logits": logits, "probs": probs,
+                            "top": chosen})
+                    }
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&arr)?);
