@@ -452,8 +452,7 @@ fn regularisers_are_off_at_evaluation() {
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["split"] == "validation")
-            .last()
+            .rfind(|v| v["split"] == "validation")
             .expect("a validation line");
         val_losses.push(last["loss"].as_f64().unwrap());
     }
