@@ -50,6 +50,46 @@ impl Reports {
         })
     }
 
+    /// Takes up a resumed run's history (`trainer_state.json`'s `log_history`: steps with
+    /// `loss` and `learning_rate`, evaluations with `eval_*` scalars), so the plots and the
+    /// summary cover the whole run, not only what came after the resume.
+    pub fn restore(&mut self, log_history: &[Value]) {
+        for e in log_history {
+            let Some(step) = e.get("step").and_then(Value::as_u64).map(|s| s as usize) else {
+                continue;
+            };
+            let num = |k: &str| e.get(k).and_then(Value::as_f64);
+            if let (Some(loss), Some(lr)) = (num("loss"), num("learning_rate")) {
+                self.history.train.push(TrainPoint { step, loss, lr });
+                continue;
+            }
+            let metrics: Vec<(String, f64)> = e
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.strip_prefix("eval_")?.to_string(), v.as_f64()?)))
+                .collect();
+            if metrics.is_empty() {
+                continue;
+            }
+            let get = |n: &str| metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+            let (acc, loss) = (get("accuracy"), get("loss"));
+            self.track_best(step, num("epoch").unwrap_or(0.0), acc, loss);
+            self.history.eval.push(EvalPoint { step, metrics });
+        }
+    }
+
+    /// The most accurate evaluation and the one with the lowest (finite) loss so far.
+    fn track_best(&mut self, step: usize, epoch: f64, acc: Option<f64>, loss: Option<f64>) {
+        if let Some(acc) = acc.filter(|&a| self.best_accuracy.is_none_or(|b| a > b.2)) {
+            self.best_accuracy = Some((step, epoch, acc));
+        }
+        let loss = loss.filter(|l| l.is_finite());
+        if let Some(loss) = loss.filter(|&l| self.best_loss.is_none_or(|b| l < b.2)) {
+            self.best_loss = Some((step, epoch, loss));
+        }
+    }
+
     /// Restarts the wall clock (after the one-off feature caching, say).
     pub fn start_clock(&mut self) {
         self.started = Instant::now();
@@ -95,16 +135,7 @@ impl Reports {
             metrics: scalars.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         });
         let get = |name: &str| scalars.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        if let Some(acc) = get("accuracy") {
-            if self.best_accuracy.is_none_or(|b| acc > b.2) {
-                self.best_accuracy = Some((step, epoch, acc));
-            }
-        }
-        if let Some(loss) = get("loss").filter(|l| l.is_finite()) {
-            if self.best_loss.is_none_or(|b| loss < b.2) {
-                self.best_loss = Some((step, epoch, loss));
-            }
-        }
+        self.track_best(step, epoch, get("accuracy"), get("loss"));
         let mut results = Map::new();
         results.insert("step".into(), json!(step));
         results.insert("epoch".into(), json!(epoch));
@@ -210,5 +241,38 @@ fn duration(secs: f64) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     } else {
         format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_history_is_taken_up_for_plots_and_summary() {
+        let opts = TrainOptions {
+            output: std::env::temp_dir().join("vitgpu-report-restore"),
+            ..TrainOptions::default()
+        };
+        let mut r = Reports::new(&opts).unwrap();
+        r.restore(&[
+            json!({"loss": 1.5, "learning_rate": 1e-3, "epoch": 0.5, "step": 1}),
+            json!({"loss": 1.2, "learning_rate": 9e-4, "epoch": 1.0, "step": 2}),
+            json!({"eval_loss": 1.1, "eval_accuracy": 0.5, "eval_macro_f1": 0.4, "epoch": 1.0, "step": 2}),
+            json!({"eval_loss": 1.3, "eval_accuracy": 0.75, "epoch": 2.0, "step": 4}),
+        ]);
+        assert_eq!(r.history.train.len(), 2);
+        assert_eq!(r.history.train[1].lr, 9e-4);
+        assert_eq!(r.history.eval.len(), 2);
+        assert!(r.history.eval[0]
+            .metrics
+            .contains(&("macro_f1".to_string(), 0.4)));
+        assert_eq!(r.best_accuracy, Some((4, 2.0, 0.75)));
+        assert_eq!(r.best_loss, Some((2, 1.0, 1.1)));
+        let (text, _) = r.summary(4, 10);
+        assert!(
+            text.contains("best eval accuracy 75.00% at step 4"),
+            "{text}"
+        );
     }
 }

@@ -227,7 +227,10 @@ impl<'a> Trainer<'a> {
         )?;
         let resumed = resume(gpu, opts, &flat, setup.dataset.train.len())?;
         start_run(opts, &plan)?;
-        let reports = Reports::new(opts)?;
+        let mut reports = Reports::new(opts)?;
+        if let Some(st) = &resumed {
+            reports.restore(&st.log_history);
+        }
         let log = open_log(&opts.output, resumed.as_ref().map(|s| s.global_step))?;
         eprintln!(
             "training {} of {} parameters ({} images, {} classes, {res}×{res}, {:?}, {} steps)",
