@@ -784,21 +784,32 @@ impl<'a> Trainer<'a> {
                 m.macro_f1()
             )
         });
+        let names = self.vit.config().id2label.clone();
+        let full = m.to_json(&names);
+        self.p.accuracy = Some(acc);
+        self.record_evaluation(&m.scalars(), full, Some((&m, &names)))
+    }
+
+    /// Logs an evaluation's scalars, hands it to the reports (plots, TensorBoard,
+    /// eval_results.json; `single`: the confusion and reliability plots of a single-label
+    /// classifier), keeps its full metrics in `last_eval`; returns the scalars by their
+    /// `eval_*` names.
+    fn record_evaluation(
+        &mut self,
+        scalars: &[(&'static str, f64)],
+        full: Map<String, Value>,
+        single: Option<(&Metrics, &[String])>,
+    ) -> Result<Option<Map<String, Value>>> {
         let step = self.p.step;
         let ep = self.plan.epoch_at(step);
-        let scalars = m.scalars();
         let mut line = json!({"split": "validation", "step": step, "epoch": ep});
-        for (k, v) in &scalars {
+        for (k, v) in scalars {
             line[*k] = json!(v);
         }
         self.write_log(line)?;
-        let names = self.vit.config().id2label.clone();
-        let full = m.to_json(&names);
-        self.reports
-            .evaluation(step, ep, &scalars, &full, Some((&m, &names)))?;
-        self.p.accuracy = Some(acc);
+        self.reports.evaluation(step, ep, scalars, &full, single)?;
         self.p.last_eval = Some(full);
-        Ok(Some(eval_scalars(&scalars)))
+        Ok(Some(eval_scalars(scalars)))
     }
 
     /// Prints the end-of-run summary and logs it.
@@ -840,24 +851,13 @@ impl<'a> Trainer<'a> {
                 m.f1_micro
             )
         });
-        let step = self.p.step;
-        let ep = self.plan.epoch_at(step);
-        let scalars = m.scalars();
-        let mut line = json!({"split": "validation", "step": step, "epoch": ep});
-        for (k, v) in &scalars {
-            line[*k] = json!(v);
-        }
-        self.write_log(line)?;
-        let names = self.vit.config().id2label.clone();
-        let full = match m.to_json(&names) {
+        let full = match m.to_json(&self.vit.config().id2label) {
             Value::Object(o) => o,
             _ => Map::new(),
         };
-        self.reports.evaluation(step, ep, &scalars, &full, None)?;
         self.p.accuracy = Some(m.exact_match);
         self.p.map = m.map;
-        self.p.last_eval = Some(full);
-        Ok(Some(eval_scalars(&scalars)))
+        self.record_evaluation(&m.scalars(), full, None)
     }
 
     /// Logits and positions in the validation split of the readable validation samples, and
