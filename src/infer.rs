@@ -2,7 +2,7 @@
 //! checkpoint on the GPU, preprocess images on CPU threads, run batches, return logits.
 
 use crate::checkpoint;
-use crate::data::{Loader, PreprocessorConfig, Sample};
+use crate::data::{EvalTransform, Loader, PreprocessorConfig, Sample};
 use crate::gpu::{AdapterChoice, DType, Gpu};
 use crate::kernels;
 use crate::model::Vit;
@@ -156,6 +156,7 @@ pub fn open_model(
     adapter: &AdapterChoice,
     precision: Precision,
     res: Option<usize>,
+    eval_transform: Option<EvalTransform>,
 ) -> Result<(Gpu, Vit, PreprocessorConfig)> {
     let ckpt = checkpoint::load(dir)?;
     if !ckpt.has_classifier {
@@ -172,7 +173,10 @@ pub fn open_model(
             ckpt.config.num_channels
         );
     }
-    let pre = preprocessor_for(&ckpt, res)?;
+    let mut pre = preprocessor_for(&ckpt, res)?;
+    if let Some(t) = eval_transform {
+        pre.eval_transform = t;
+    }
     let gpu = Gpu::new(adapter)?;
     eprintln!("adapter: {}", gpu.describe());
     let vit = ckpt.upload(&gpu, precision.dtype(), Some((pre.height, pre.width)))?;

@@ -2,12 +2,12 @@
 //! overlaid on it as a PNG named after the image and its top predicted label.
 
 use super::args;
-use crate::data::{self, EvalTransform, Sample, Source};
+use crate::data::{EvalTransform, Sample, Source};
 use crate::explain::{explain_samples, sanitize_label, write_overlay, AttentionMap};
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, softmax, Precision};
 use crate::train::Range;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -53,20 +53,9 @@ fn layer(s: &str) -> Result<AttentionMap, String> {
 
 /// Writes one PNG per image; exit code 1 when one could not be read or gave inf/NaN logits.
 pub fn run(a: &ExplainArgs, adapter: &AdapterChoice) -> Result<i32> {
-    let walk = data::walk_images(&a.inputs)?;
-    data::report_skipped(&walk.skipped, super::verbose());
-    let paths = walk.images;
-    if paths.is_empty() {
-        bail!(
-            "no images found in {:?} (looked for .{})",
-            a.inputs,
-            data::IMAGE_EXTENSIONS.join(" .")
-        );
-    }
-    let (gpu, vit, mut pre) = open_model(&a.model, adapter, a.precision, a.res)?;
-    if let Some(t) = a.eval_transform {
-        pre.eval_transform = t;
-    }
+    let walk = super::walk_inputs(&a.inputs)?;
+    let paths = &walk.images;
+    let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res, a.eval_transform)?;
     // Before any work: a bad layer index is an error naming the model's layers.
     a.layer.layer(vit.config().num_hidden_layers)?;
     std::fs::create_dir_all(&a.output)

@@ -89,6 +89,20 @@ pub fn main() -> i32 {
     }
 }
 
+/// The images under `inputs` (folders walked; what was skipped reported, listed with -v); an
+/// error when there is none.
+fn walk_inputs(inputs: &[std::path::PathBuf]) -> anyhow::Result<crate::data::Walk> {
+    let walk = crate::data::walk_images(inputs)?;
+    crate::data::report_skipped(&walk.skipped, verbose());
+    if walk.images.is_empty() {
+        anyhow::bail!(
+            "no images found in {inputs:?} (looked for .{})",
+            crate::data::IMAGE_EXTENSIONS.join(" .")
+        );
+    }
+    Ok(walk)
+}
+
 /// Warns about images whose logits hold inf/NaN (the first few by name, then a count).
 fn warn_non_finite(images: impl Iterator<Item = String>) {
     let images: Vec<String> = images.collect();

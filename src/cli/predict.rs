@@ -2,12 +2,12 @@
 //! for a multi-label classifier every label at or above the threshold, with its sigmoid.
 
 use super::args;
-use crate::data::{self, EvalTransform, Sample, Source};
+use crate::data::{EvalTransform, Sample, Source};
 use crate::eval::multilabel::sigmoid;
 use crate::gpu::AdapterChoice;
 use crate::infer::{open_model, predict_samples, softmax, Precision};
 use crate::train::Range;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 /// How predictions are printed.
@@ -58,20 +58,9 @@ pub struct PredictArgs {
 
 /// Classifies the images; exit code 1 when one could not be read or gave inf/NaN logits.
 pub fn run(a: &PredictArgs, adapter: &AdapterChoice) -> Result<i32> {
-    let walk = data::walk_images(&a.inputs)?;
-    data::report_skipped(&walk.skipped, super::verbose());
-    let paths = walk.images;
-    if paths.is_empty() {
-        bail!(
-            "no images found in {:?} (looked for .{})",
-            a.inputs,
-            data::IMAGE_EXTENSIONS.join(" .")
-        );
-    }
-    let (gpu, vit, mut pre) = open_model(&a.model, adapter, a.precision, a.res)?;
-    if let Some(t) = a.eval_transform {
-        pre.eval_transform = t;
-    }
+    let walk = super::walk_inputs(&a.inputs)?;
+    let paths = &walk.images;
+    let (gpu, vit, pre) = open_model(&a.model, adapter, a.precision, a.res, a.eval_transform)?;
     let samples: Vec<Sample> = paths
         .iter()
         .map(|p| Sample::new(Source::File(p.clone()), 0))

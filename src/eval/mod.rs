@@ -110,10 +110,13 @@ pub fn evaluate(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<EvalRepor
 /// labelled folder or CSV: errors when no image of it can be read.
 pub fn evaluate_any(opts: &EvalOptions, adapter: &AdapterChoice) -> Result<Evaluation> {
     let (ds, samples, scope, table) = eval_samples(opts)?;
-    let (gpu, vit, mut pre) = open_model(&opts.model, adapter, opts.precision, opts.res)?;
-    if let Some(t) = opts.eval_transform {
-        pre.eval_transform = t;
-    }
+    let (gpu, vit, pre) = open_model(
+        &opts.model,
+        adapter,
+        opts.precision,
+        opts.res,
+        opts.eval_transform,
+    )?;
     let labels = vit.config().id2label.clone();
     let multi = opts.multi_label || vit.config().is_multi_label();
     if ds.multi_label && !multi {
