@@ -36,41 +36,73 @@ fn scaled_params(t: &GpuTensor, scale: &GpuTensor) -> ScaledParams {
 
 const WG: u32 = 256;
 
-/// `out = a + b` (any mix of f32 and f16 storage).
-pub fn residual_forward(gpu: &Gpu, out: &GpuTensor, a: &GpuTensor, b: &GpuTensor) {
+/// One launch of `entry` over `n` elements (two per invocation).
+fn run<P: Pod>(
+    gpu: &Gpu,
+    entry: &'static str,
+    overrides: &[(&'static str, f64)],
+    params: &P,
+    tensors: &[(u32, &GpuTensor)],
+    n: usize,
+) {
+    let groups = grid((n as u32).div_ceil(2).div_ceil(WG));
+    gpu.launch(
+        &shader!("residual"),
+        entry,
+        overrides,
+        params,
+        tensors,
+        groups,
+    );
+}
+
+/// The overrides of the sums: storage of `a`, `b` and `out`.
+fn sum_overrides(out: &GpuTensor, a: &GpuTensor, b: &GpuTensor) -> [(&'static str, f64); 4] {
     assert_eq!((a.numel(), b.numel()), (out.numel(), out.numel()));
-    let ov = [
+    [
         ("A_F16", a.dtype.is_f16()),
         ("B_F16", b.dtype.is_f16()),
         ("OUT_F16", out.dtype.is_f16()),
         ("WG", WG as f64),
-    ];
-    gpu.launch(
-        &shader!("residual"),
+    ]
+}
+
+/// The overrides of the copies into `dst` (`= src`, or `+=` with `accum`).
+fn copy_overrides(dst: &GpuTensor, src: &GpuTensor, accum: bool) -> [(&'static str, f64); 4] {
+    assert_eq!(dst.numel(), src.numel(), "residual family: sizes differ");
+    [
+        ("A_F16", src.dtype.is_f16()),
+        ("OUT_F16", dst.dtype.is_f16()),
+        ("ACCUM", flag(accum)),
+        ("WG", WG as f64),
+    ]
+}
+
+/// `out = a + b` (any mix of f32 and f16 storage).
+pub fn residual_forward(gpu: &Gpu, out: &GpuTensor, a: &GpuTensor, b: &GpuTensor) {
+    let ov = sum_overrides(out, a, b);
+    let params = ElementwiseParams::new(out.numel());
+    run(
+        gpu,
         "residual_forward",
         &ov,
-        &ElementwiseParams::new(out.numel()),
+        &params,
         &[(1, a), (2, b), (3, out)],
-        grid((out.numel() as u32).div_ceil(2).div_ceil(WG)),
+        out.numel(),
     );
 }
 
 /// `dst = src`, or `dst += src` with `accum`: a gradient sum, copy or dtype cast.
 pub fn accumulate(gpu: &Gpu, dst: &GpuTensor, src: &GpuTensor, accum: bool) {
-    assert_eq!(dst.numel(), src.numel(), "accumulate: sizes differ");
-    let ov = [
-        ("A_F16", src.dtype.is_f16()),
-        ("OUT_F16", dst.dtype.is_f16()),
-        ("ACCUM", flag(accum)),
-        ("WG", WG as f64),
-    ];
-    gpu.launch(
-        &shader!("residual"),
+    let ov = copy_overrides(dst, src, accum);
+    let params = ElementwiseParams::new(src.numel());
+    run(
+        gpu,
         "accumulate",
         &ov,
-        &ElementwiseParams::new(src.numel()),
+        &params,
         &[(1, src), (3, dst)],
-        grid((src.numel() as u32).div_ceil(2).div_ceil(WG)),
+        src.numel(),
     );
 }
 
@@ -84,20 +116,16 @@ pub fn residual_scaled_forward(
     b: &GpuTensor,
     scale: &GpuTensor,
 ) {
-    assert_eq!((a.numel(), b.numel()), (out.numel(), out.numel()));
-    let ov = [
-        ("A_F16", a.dtype.is_f16()),
-        ("B_F16", b.dtype.is_f16()),
-        ("OUT_F16", out.dtype.is_f16()),
-        ("WG", WG as f64),
-    ];
-    gpu.launch(
-        &shader!("residual"),
+    let ov = sum_overrides(out, a, b);
+    let tensors = [(1, a), (2, b), (3, out), (4, scale)];
+    let params = scaled_params(out, scale);
+    run(
+        gpu,
         "residual_scaled_forward",
         &ov,
-        &scaled_params(out, scale),
-        &[(1, a), (2, b), (3, out), (4, scale)],
-        grid((out.numel() as u32).div_ceil(2).div_ceil(WG)),
+        &params,
+        &tensors,
+        out.numel(),
     );
 }
 
@@ -110,24 +138,16 @@ pub fn residual_scaled_backward(
     scale: &GpuTensor,
     accum: bool,
 ) {
-    assert_eq!(
-        db.numel(),
-        dout.numel(),
-        "residual_scaled_backward: sizes differ"
-    );
-    let ov = [
-        ("A_F16", dout.dtype.is_f16()),
-        ("OUT_F16", db.dtype.is_f16()),
-        ("ACCUM", flag(accum)),
-        ("WG", WG as f64),
-    ];
-    gpu.launch(
-        &shader!("residual"),
+    let ov = copy_overrides(db, dout, accum);
+    let tensors = [(1, dout), (3, db), (4, scale)];
+    let params = scaled_params(dout, scale);
+    run(
+        gpu,
         "residual_scaled_backward",
         &ov,
-        &scaled_params(dout, scale),
-        &[(1, dout), (3, db), (4, scale)],
-        grid((dout.numel() as u32).div_ceil(2).div_ceil(WG)),
+        &params,
+        &tensors,
+        dout.numel(),
     );
 }
 
