@@ -19,7 +19,8 @@ struct Params {
     // B·H
     bh: u32,
     scale: f32,
-    _pad0: u32,
+    // First (b·H + h)·T row of a chunk in LSE / LSE_IN (attention_rows_*; 0 elsewhere).
+    row0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -37,6 +38,11 @@ struct Params {
 #tensor(9, DQKV, read_write, DQKV_F16)
 // (B, H, T, T) attention probabilities (attention_probs_forward).
 @group(0) @binding(10) var<storage, read_write> PROBS: array<f32>;
+// Software adapters run attention as batched subgroup matmuls (kernels/matmul.rs) around the
+// `attention_rows_*` kernels below, with (rows, T) scores S = q·kᵀ in SCORES (B·H·T rows, T
+// columns; rows past `p.bh·p.t` of a chunk are not touched) and their gradient in DSCORES.
+@group(0) @binding(11) var<storage, read_write> SCORES: array<f32>;
+@group(0) @binding(12) var<storage, read_write> DSCORES: array<f32>;
 
 // Head dim (even, ≤ D_MAX); an override so that the per-row loops have constant trip counts.
 override HD: u32 = 64u;
@@ -290,4 +296,48 @@ fn attention_probs_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     var s4 = vec4<f32>(0.0);
     for (var d = 0u; d < HQ; d++) { s4 = fma(ld4_qkv(qi, d, HD) * p.scale, ld4_qkv(kj, d, HD), s4); }
     PROBS[row * p.t + j] = exp(hsum(s4) - LSE_IN[row]);
+}
+
+// Softmax of each score row at scale: SCORES becomes the probabilities, LSE the logsumexp of
+// the scaled row (as `attention_forward` saves it). One invocation per row of the chunk.
+@compute @workgroup_size(64)
+fn attention_rows_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg, 64u);
+    if (r >= p.bh * p.t) { return; }
+    let row = r * p.t;
+    var m = NEG_BIG;
+    for (var j = 0u; j < p.t; j++) { m = max(m, SCORES[row + j] * p.scale); }
+    var l = 0.0;
+    for (var j = 0u; j < p.t; j++) {
+        let e = exp(SCORES[row + j] * p.scale - m);
+        SCORES[row + j] = e;
+        l += e;
+    }
+    let inv = 1.0 / l;
+    for (var j = 0u; j < p.t; j++) { SCORES[row + j] *= inv; }
+    LSE[p.row0 + r] = m + log(l);
+}
+
+// The probabilities again from the scores and the forward's LSE (the backward).
+@compute @workgroup_size(64)
+fn attention_rows_probs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg, 64u);
+    if (r >= p.bh * p.t) { return; }
+    let row = r * p.t;
+    let lse = LSE_IN[p.row0 + r];
+    for (var j = 0u; j < p.t; j++) { SCORES[row + j] = exp(SCORES[row + j] * p.scale - lse); }
+}
+
+// Softmax backward of each row, with the scale: DSCORES = scale · P ∘ (dP − Σ_j P∘dP), from
+// the probabilities P in SCORES and their gradient dP in DSCORES.
+@compute @workgroup_size(64)
+fn attention_rows_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg, 64u);
+    if (r >= p.bh * p.t) { return; }
+    let row = r * p.t;
+    var delta = 0.0;
+    for (var j = 0u; j < p.t; j++) { delta = fma(SCORES[row + j], DSCORES[row + j], delta); }
+    for (var j = 0u; j < p.t; j++) {
+        DSCORES[row + j] = p.scale * SCORES[row + j] * (DSCORES[row + j] - delta);
+    }
 }

@@ -121,8 +121,10 @@ impl Gpu {
             let cap = (mb << 20).min(limits.max_storage_buffer_binding_size);
             limits.max_storage_buffer_binding_size = cap;
         }
-        let features =
-            adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+        let features = adapter.features()
+            & (wgpu::Features::SHADER_F16
+                | wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vitgpu"),
             required_features: features,
@@ -192,6 +194,14 @@ impl Gpu {
     /// A CPU implementation (lavapipe, WARP, SwiftShader): kernels pick barrier-free variants.
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The subgroup width when the device has subgroup operations and runs every subgroup at
+    /// one width (lavapipe: 8), else None.
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let fixed = self.info.subgroup_min_size == self.info.subgroup_max_size;
+        (self.features.contains(wgpu::Features::SUBGROUP) && fixed)
+            .then_some(self.info.subgroup_min_size)
     }
 
     pub(crate) fn dummy(&self) -> &GpuTensor {

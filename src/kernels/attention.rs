@@ -7,6 +7,7 @@
 //! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
 
 use super::common::grid;
+use super::matmul::{self, Strided};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -21,7 +22,9 @@ struct AttentionParams {
     /// B·H
     bh: u32,
     scale: f32,
-    _pad: [u32; 3],
+    /// First LSE row of a chunk (the software path's row kernels).
+    row0: u32,
+    _pad: [u32; 2],
 }
 
 /// Largest supported head dim (the size of the per-thread row arrays in the shader).
@@ -82,13 +85,211 @@ impl Dims {
             heads: self.h as u32,
             bh: (self.b * self.h) as u32,
             scale: 1.0 / (self.d as f32).sqrt(),
-            _pad: [0; 3],
+            row0: 0,
+            _pad: [0; 2],
         }
     }
     /// One workgroup per (block of WG rows, b·h); b·h split over y and z past 65535.
     fn grid(&self) -> [u32; 3] {
         let [y, z, _] = grid((self.b * self.h) as u32);
         [(self.t as u32).div_ceil(WG), y, z]
+    }
+}
+
+thread_local! {
+    static FORCE_FLASH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CHUNK_CAP: std::cell::Cell<u64> = const { std::cell::Cell::new(64 << 20) };
+}
+
+/// Runs `f` with the matmul path's score workspace capped at `bytes` per chunk on this thread
+/// (tests run several chunks on small inputs this way).
+pub fn with_chunk_cap<R>(bytes: u64, f: impl FnOnce() -> R) -> R {
+    let prev = CHUNK_CAP.with(|c| c.replace(bytes));
+    let r = f();
+    CHUNK_CAP.with(|c| c.set(prev));
+    r
+}
+
+/// Runs `f` with attention on this thread on the flash kernels whatever the adapter (tests run
+/// both paths on software adapters this way).
+pub fn with_flash<R>(f: impl FnOnce() -> R) -> R {
+    let prev = FORCE_FLASH.with(|c| c.replace(true));
+    let r = f();
+    FORCE_FLASH.with(|c| c.set(prev));
+    r
+}
+
+/// Whether attention runs as batched subgroup matmuls around row kernels: on software adapters
+/// with 8-wide subgroups, where that is 3–5× faster than the flash kernels (whose inner loops
+/// read workgroup memory lane by lane on llvmpipe). GPUs keep the flash kernels.
+pub fn use_matmuls(gpu: &Gpu) -> bool {
+    !FORCE_FLASH.with(|c| c.get()) && matmul::plan(gpu, 64, 64, 64) == matmul::Variant::Subgroup
+}
+
+/// [`use_matmuls`], where one batch's heads fit a dispatch (the batched matmul puts them on z).
+fn matmul_path(gpu: &Gpu, dm: Dims) -> bool {
+    use_matmuls(gpu) && dm.h <= gpu.limits.max_compute_workgroups_per_dimension as usize
+}
+
+/// Batches per chunk of the matmul path: each chunk's (b·H·T, T) f32 scores fit one binding
+/// and 64 MiB (see [`with_chunk_cap`]), and its b·H products one dispatch.
+fn chunk_batches(gpu: &Gpu, dm: Dims) -> usize {
+    let per_batch = (dm.h * dm.t * dm.t * 4) as u64;
+    let cap = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(CHUNK_CAP.with(|c| c.get()));
+    let by_groups = gpu.limits.max_compute_workgroups_per_dimension as usize / dm.h;
+    ((cap / per_batch.max(1)) as usize)
+        .min(by_groups)
+        .clamp(1, dm.b)
+}
+
+/// Operand `part` (0 q, 1 k, 2 v) of qkv for batch (b, h) as (rows T, columns D).
+fn qkv_part(qkv: &GpuTensor, dm: Dims, b0: usize, part: usize) -> Strided<'_> {
+    let c3 = 3 * dm.c();
+    Strided {
+        t: qkv,
+        off: b0 * dm.t * c3 + part * dm.c(),
+        so: dm.t * c3,
+        si: dm.d,
+        sr: c3,
+        sc: 1,
+    }
+}
+
+/// (B, T, C) tensor `x` (out, dout) for batch (b, h) as (rows T, columns D).
+fn heads_of(x: &GpuTensor, dm: Dims, b0: usize) -> Strided<'_> {
+    Strided {
+        t: x,
+        off: b0 * dm.t * dm.c(),
+        so: dm.t * dm.c(),
+        si: dm.d,
+        sr: dm.c(),
+        sc: 1,
+    }
+}
+
+/// Chunk scores (b, h) as (T, T), row-major.
+fn score_rows(s: &GpuTensor, dm: Dims) -> Strided<'_> {
+    let tt = dm.t * dm.t;
+    Strided {
+        t: s,
+        off: 0,
+        so: dm.h * tt,
+        si: tt,
+        sr: dm.t,
+        sc: 1,
+    }
+}
+
+/// The transpose of a strided operand.
+fn tr(x: Strided) -> Strided {
+    Strided {
+        sr: x.sc,
+        sc: x.sr,
+        ..x
+    }
+}
+
+/// Row kernel `entry` over the chunk of `nb` batches from b0.
+fn rows(
+    gpu: &Gpu,
+    entry: &'static str,
+    dm: Dims,
+    b0: usize,
+    nb: usize,
+    bind: &[(u32, &GpuTensor)],
+) {
+    let mut p = dm.params();
+    p.bh = (nb * dm.h) as u32;
+    p.row0 = (b0 * dm.h * dm.t) as u32;
+    let rows = (nb * dm.h * dm.t) as u32;
+    gpu.launch(
+        &shader!("attention"),
+        entry,
+        &[("HD", dm.d as f64), ("WG", WG as f64)],
+        &p,
+        bind,
+        grid(rows.div_ceil(64)),
+    );
+}
+
+/// The forward as S = q·kᵀ, P = softmax(scale·S) (with lse), out = P·v, chunk by chunk.
+fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, dm: Dims) {
+    let (t, d) = (dm.t, dm.d);
+    let chunk = chunk_batches(gpu, dm);
+    let s = gpu
+        .alloc(&[chunk * dm.h * t, t], DType::F32)
+        .expect("attention scores workspace");
+    for b0 in (0..dm.b).step_by(chunk) {
+        let nb = chunk.min(dm.b - b0);
+        let batches = (nb, dm.h);
+        let sc = score_rows(&s, dm);
+        let k = qkv_part(qkv, dm, b0, 1);
+        matmul::batched_matmul(gpu, sc, qkv_part(qkv, dm, b0, 0), tr(k), (t, t, d), batches);
+        rows(
+            gpu,
+            "attention_rows_softmax",
+            dm,
+            b0,
+            nb,
+            &[(3, lse), (11, &s)],
+        );
+        let v = qkv_part(qkv, dm, b0, 2);
+        matmul::batched_matmul(gpu, heads_of(out, dm, b0), sc, v, (t, d, t), batches);
+    }
+}
+
+/// The backward from recomputed probabilities: dv = Pᵀ·dout, dP = dout·vᵀ, dS = scale·P∘(dP −
+/// rowsum(P∘dP)), dq = dS·k, dk = dSᵀ·q.
+fn matmul_backward(
+    gpu: &Gpu,
+    dqkv: &GpuTensor,
+    dout: &GpuTensor,
+    qkv: &GpuTensor,
+    lse: &GpuTensor,
+    dm: Dims,
+) {
+    let (t, d) = (dm.t, dm.d);
+    let chunk = chunk_batches(gpu, dm);
+    let ws = |what| gpu.alloc(&[chunk * dm.h * t, t], DType::F32).expect(what);
+    let (s, ds) = (
+        ws("attention scores workspace"),
+        ws("attention score-gradient workspace"),
+    );
+    for b0 in (0..dm.b).step_by(chunk) {
+        let nb = chunk.min(dm.b - b0);
+        let batches = (nb, dm.h);
+        let (q, k, v) = (
+            qkv_part(qkv, dm, b0, 0),
+            qkv_part(qkv, dm, b0, 1),
+            qkv_part(qkv, dm, b0, 2),
+        );
+        let dpart = |part| qkv_part(dqkv, dm, b0, part);
+        let (p_, dp) = (score_rows(&s, dm), score_rows(&ds, dm));
+        let g = heads_of(dout, dm, b0);
+        matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches);
+        rows(
+            gpu,
+            "attention_rows_probs",
+            dm,
+            b0,
+            nb,
+            &[(6, lse), (11, &s)],
+        );
+        matmul::batched_matmul(gpu, dpart(2), tr(p_), g, (t, d, t), batches);
+        matmul::batched_matmul(gpu, dp, g, tr(v), (t, t, d), batches);
+        rows(
+            gpu,
+            "attention_rows_backward",
+            dm,
+            b0,
+            nb,
+            &[(11, &s), (12, &ds)],
+        );
+        matmul::batched_matmul(gpu, dpart(0), dp, k, (t, d, t), batches);
+        matmul::batched_matmul(gpu, dpart(1), tr(dp), q, (t, d, t), batches);
     }
 }
 
@@ -104,6 +305,9 @@ pub fn attention_forward(
     let dm = Dims::of(qkv, heads);
     dm.check("out", out, &[dm.b, dm.t, dm.c()], false);
     dm.check("lse", lse, &[dm.b, dm.h, dm.t], true);
+    if matmul_path(gpu, dm) {
+        return matmul_forward(gpu, out, lse, qkv, dm);
+    }
     let ov = [
         ("QKV_F16", qkv.dtype.is_f16()),
         ("OUT_F16", out.dtype.is_f16()),
@@ -144,6 +348,9 @@ pub fn attention_backward(
         !std::sync::Arc::ptr_eq(&dqkv.buffer, &qkv.buffer),
         "attention_backward: dqkv and qkv must be different buffers"
     );
+    if matmul_path(gpu, dm) {
+        return matmul_backward(gpu, dqkv, dout, qkv, lse, dm);
+    }
     let ov = [
         ("QKV_F16", qkv.dtype.is_f16()),
         ("OUT_F16", out.dtype.is_f16()),

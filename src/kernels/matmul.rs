@@ -20,6 +20,31 @@ struct MatmulParams {
     b_sn: u32,
 }
 
+/// Mirrors `Params` in matmul_sg.wgsl: [`MatmulParams`] and the batch layout.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct BatchedParams {
+    mm: MatmulParams,
+    inner: u32,
+    a: [u32; 3],
+    b: [u32; 3],
+    c: [u32; 3],
+    _pad: [u32; 2],
+}
+
+impl BatchedParams {
+    fn single(mm: MatmulParams) -> BatchedParams {
+        BatchedParams {
+            mm,
+            inner: 1,
+            a: [0; 3],
+            b: [0; 3],
+            c: [0; 3],
+            _pad: [0; 2],
+        }
+    }
+}
+
 thread_local! {
     static FORCE: std::cell::Cell<Option<Variant>> = const { std::cell::Cell::new(None) };
 }
@@ -44,6 +69,9 @@ pub enum Variant {
     },
     /// No workgroup memory or barriers (llvmpipe turns barriers into coroutine switches).
     Direct,
+    /// Software adapters with 8-wide subgroups: 16 rows × 32 columns per subgroup, the rows of
+    /// A shared through subgroup shuffles (`shaders/matmul_sg.wgsl`).
+    Subgroup,
 }
 
 /// Runs `f` with every matmul on this thread using `v` (tests exercise both kernels on any
@@ -82,15 +110,9 @@ fn gemm(
     ];
     let bias_t = bias.unwrap_or(gpu.dummy());
     let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
-    let variant = FORCE.with(|f| f.get()).unwrap_or_else(|| {
-        if gpu.is_software() {
-            Variant::Direct
-        } else if params.m >= 256 && params.n >= 256 {
-            wide_plan(params.m, params.n, params.k)
-        } else {
-            Variant::Tiled
-        }
-    });
+    let variant = FORCE
+        .with(|f| f.get())
+        .unwrap_or_else(|| plan(gpu, params.m, params.n, params.k));
     let grid = |tm: u32, tn: u32, z: u32| [params.n.div_ceil(tn), params.m.div_ceil(tm), z];
     match variant {
         Variant::Direct => gpu.launch(
@@ -100,6 +122,13 @@ fn gemm(
             &params,
             &bindings,
             grid(32, 32, 1),
+        ),
+        Variant::Subgroup => launch_sg(
+            gpu,
+            &overrides,
+            &BatchedParams::single(params),
+            &bindings,
+            1,
         ),
         Variant::Tiled => gpu.launch(
             &shader!("matmul"),
@@ -147,6 +176,119 @@ fn gemm(
                 );
             }
         }
+    }
+}
+
+fn launch_sg(
+    gpu: &Gpu,
+    overrides: &[(&'static str, f64)],
+    params: &BatchedParams,
+    bindings: &[(u32, &GpuTensor)],
+    batches: u32,
+) {
+    assert_eq!(
+        gpu.fixed_subgroup_size(),
+        Some(8),
+        "the subgroup matmul needs 8-wide subgroups"
+    );
+    let mm = &params.mm;
+    gpu.launch(
+        &shader!("matmul_sg"),
+        "matmul_forward_sg",
+        overrides,
+        params,
+        bindings,
+        [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
+    );
+}
+
+/// One operand of a batched product: element (row r, column c) of batch (o, i) lies at
+/// `off + o·so + i·si + r·sr + c·sc` of `t`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    /// The tensor holding every batch.
+    pub t: &'a GpuTensor,
+    /// Element offset of batch (0, 0).
+    pub off: usize,
+    /// Outer batch stride.
+    pub so: usize,
+    /// Inner batch stride.
+    pub si: usize,
+    /// Row stride.
+    pub sr: usize,
+    /// Column stride.
+    pub sc: usize,
+}
+
+/// `C[o, i] = A[o, i] · B[o, i]` for o < `outer`, i < `inner`: (M, K) · (K, N) → (M, N) with
+/// arbitrary strides (C's columns contiguous), on the subgroup kernel. The attention of
+/// software adapters runs on it (kernels/attention.rs).
+#[allow(clippy::too_many_arguments)]
+pub fn batched_matmul(
+    gpu: &Gpu,
+    c: Strided,
+    a: Strided,
+    b: Strided,
+    (m, n, k): (usize, usize, usize),
+    (outer, inner): (usize, usize),
+) {
+    assert_eq!(c.sc, 1, "batched_matmul: C's columns must be contiguous");
+    let u = |x: usize| u32::try_from(x).expect("batched_matmul: index past 2^32");
+    if c.t.dtype == crate::gpu::DType::F16 {
+        // Pair stores: every row of C must start at an even element.
+        assert!(
+            (c.off | c.so | c.si | c.sr).is_multiple_of(2),
+            "batched_matmul: f16 C needs even offsets and strides"
+        );
+    }
+    let params = BatchedParams {
+        mm: MatmulParams {
+            m: u(m),
+            n: u(n),
+            k: u(k),
+            c_sm: u(c.sr),
+            a_sm: u(a.sr),
+            a_sk: u(a.sc),
+            b_sk: u(b.sr),
+            b_sn: u(b.sc),
+        },
+        inner: u(inner),
+        a: [u(a.off), u(a.so), u(a.si)],
+        b: [u(b.off), u(b.so), u(b.si)],
+        c: [u(c.off), u(c.so), u(c.si)],
+        _pad: [0; 2],
+    };
+    let overrides = [
+        ("A_F16", a.t.dtype.is_f16()),
+        ("B_F16", b.t.dtype.is_f16()),
+        ("C_F16", c.t.dtype.is_f16()),
+        ("BIAS_F16", 0.0),
+        ("HAS_BIAS", 0.0),
+        ("ACT", 0.0),
+        ("ACCUM", 0.0),
+    ];
+    let bindings = [(1, a.t), (2, b.t), (3, gpu.dummy()), (4, c.t)];
+    launch_sg(gpu, &overrides, &params, &bindings, u(outer * inner));
+}
+
+/// Rows per subgroup and column pairs per lane of `matmul_forward_sg` (its SG_RM, SG_RN).
+const SG_RM: u32 = 16;
+const SG_RN: u32 = 2;
+
+/// The kernel an (M, N, K) product runs on `gpu` unless [`with_variant`] says otherwise.
+pub fn plan(gpu: &Gpu, m: u32, n: u32, k: u32) -> Variant {
+    if gpu.is_software() {
+        // Shuffles replace most of the per-lane loads that bound the direct kernel on llvmpipe
+        // (2–6× faster at ViT shapes); they need its 8-wide subgroups.
+        if gpu.fixed_subgroup_size() == Some(8) {
+            Variant::Subgroup
+        } else {
+            Variant::Direct
+        }
+    } else if m >= 256 && n >= 256 {
+        wide_plan(m, n, k)
+    } else {
+        Variant::Tiled
     }
 }
 

@@ -74,7 +74,6 @@ fn grad_atol(want: &[f32]) -> f32 {
     1e-5 + 1e-4 * max_abs(want)
 }
 
-#[test]
 fn attention_matches_pytorch_fixture() {
     let g = gpu();
     let f = load_fixture("kernels.safetensors");
@@ -147,7 +146,6 @@ fn cpu_reference_matches_pytorch_fixture() {
 
 /// Shapes that exercise the edges: one token, partial key/query tiles and blocks, many query
 /// blocks, the largest head dim, odd head counts.
-#[test]
 fn attention_matches_cpu_on_awkward_shapes() {
     let g = gpu();
     for (i, &(b, t, h, d)) in [
@@ -199,7 +197,6 @@ fn attention_matches_cpu_on_awkward_shapes() {
 }
 
 /// f16 storage of qkv, out, dout and dqkv (math stays f32) against the f32 CPU reference.
-#[test]
 fn attention_f16_storage_within_half_precision() {
     let g = gpu();
     // D = 64 (ViT) and D = 34 (a zero-padded last quad).
@@ -285,4 +282,44 @@ fn attention_rejects_large_head_dim() {
     let out = g.alloc(&[1, 2, 130], DType::F32).unwrap();
     let lse = g.alloc(&[1, 1, 2], DType::F32).unwrap();
     attention_forward(g, &out, &lse, &qkv, 1);
+}
+
+// The default path on every adapter, and the flash kernels too (software adapters with 8-wide
+// subgroups default to batched matmuls around row kernels).
+
+#[test]
+fn attention_matches_pytorch_fixture_default_path() {
+    attention_matches_pytorch_fixture();
+}
+
+#[test]
+fn attention_matches_pytorch_fixture_flash() {
+    with_flash(attention_matches_pytorch_fixture);
+}
+
+#[test]
+fn attention_matches_cpu_on_awkward_shapes_default_path() {
+    attention_matches_cpu_on_awkward_shapes();
+}
+
+#[test]
+fn attention_matches_cpu_on_awkward_shapes_flash() {
+    with_flash(attention_matches_cpu_on_awkward_shapes);
+}
+
+#[test]
+fn attention_f16_storage_within_half_precision_default_path() {
+    attention_f16_storage_within_half_precision();
+}
+
+#[test]
+fn attention_f16_storage_within_half_precision_flash() {
+    with_flash(attention_f16_storage_within_half_precision);
+}
+
+/// The matmul path one batch per chunk (its workspace cap is 64 MiB otherwise); three of the
+/// awkward shapes have several batches.
+#[test]
+fn attention_in_chunks_of_one_batch() {
+    with_chunk_cap(1, attention_matches_cpu_on_awkward_shapes);
 }

@@ -128,8 +128,9 @@ fn linear_matches_pytorch_fixture() {
     check_fixture(g, &f, "matmul.db", &db, 1e-5, 1e-4);
 }
 
-// Every case runs with all three kernels: the wide and tiled ones real GPUs use and the direct
-// one software adapters use, whichever adapter runs the tests.
+// Every case runs with every kernel: the wide and tiled ones real GPUs use, the subgroup one
+// software adapters with 8-wide subgroups use and the direct one other software adapters use,
+// whichever adapter runs the tests.
 
 // The register-blocked kernel in each tile shape, and with the K range split (the awkward
 // shapes are too small for its automatic plan to pick these).
@@ -201,6 +202,37 @@ fn wide_plan_fills_the_gpu_at_vit_base_shapes() {
         panic!()
     };
     assert!(split_k >= 2);
+}
+
+/// The subgroup kernel runs where subgroups are 8 wide (lavapipe, which CI's first pass uses);
+/// elsewhere (GL, GPUs) no plan may pick it.
+fn on_subgroup_kernel(f: fn()) {
+    let g = gpu();
+    if g.fixed_subgroup_size() == Some(8) {
+        with_variant(Variant::Subgroup, f);
+    } else {
+        assert_ne!(plan(g, 197, 576, 192), Variant::Subgroup);
+    }
+}
+
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes_subgroup() {
+    on_subgroup_kernel(linear_forward_matches_cpu_on_awkward_shapes);
+}
+
+#[test]
+fn linear_backward_matches_cpu_subgroup() {
+    on_subgroup_kernel(linear_backward_matches_cpu);
+}
+
+#[test]
+fn linear_f16_storage_within_half_precision_subgroup() {
+    on_subgroup_kernel(linear_f16_storage_within_half_precision);
+}
+
+#[test]
+fn linear_matches_pytorch_fixture_subgroup() {
+    on_subgroup_kernel(linear_matches_pytorch_fixture);
 }
 
 #[test]
