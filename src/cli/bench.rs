@@ -92,6 +92,19 @@ pub fn run(a: &BenchArgs, adapter: &AdapterChoice) -> Result<i32> {
                 "peak GPU memory (train step): {:.1} MiB",
                 m.peak_memory_bytes as f64 / 1048576.0
             );
+            let total: f64 = m.train_step_by_kernel.iter().map(|k| k.ms).sum();
+            if total > 0.0 {
+                println!("\none train step by kernel (GPU time, {total:.1} ms in all):");
+                for k in &m.train_step_by_kernel {
+                    println!(
+                        "  {:<44} {:>4} launches {:>10.3} ms {:>5.1}%",
+                        k.kernel,
+                        k.launches,
+                        k.ms,
+                        100.0 * k.ms / total
+                    );
+                }
+            }
         }
         return Ok(0);
     }
@@ -118,6 +131,7 @@ pub fn run(a: &BenchArgs, adapter: &AdapterChoice) -> Result<i32> {
         out["train_step_img_s"] = m.train_step_img_s.into();
         out["dispatches_per_train_step"] = m.dispatches_per_train_step.into();
         out["peak_memory_mib"] = (m.peak_memory_bytes as f64 / 1048576.0).into();
+        out["train_step_by_kernel"] = serde_json::to_value(&m.train_step_by_kernel)?;
     }
     println!("{out}");
     Ok(0)

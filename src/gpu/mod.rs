@@ -15,7 +15,7 @@ pub(crate) use adapter::candidates;
 pub use adapter::{list_adapters, AdapterChoice, NO_ADAPTER};
 pub use shader::{expand, Reflection, Shader};
 pub use tensor::{DType, GpuTensor};
-pub use timer::GpuTimer;
+pub use timer::{GpuTimer, KernelTime};
 
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -89,6 +89,8 @@ pub struct Gpu {
     usage: Arc<tensor::Usage>,
     /// Dispatches recorded since the device opened.
     dispatches: std::sync::atomic::AtomicU64,
+    /// The per-kernel profile being recorded (see [`Gpu::profile_start`]).
+    profile: Mutex<Option<timer::Profile>>,
     /// Bound where a kernel's optional input is switched off by an override.
     dummy: GpuTensor,
 }
@@ -175,6 +177,7 @@ impl Gpu {
             pool: Arc::default(),
             usage: Arc::default(),
             dispatches: Default::default(),
+            profile: Mutex::default(),
             dummy,
         })
     }
@@ -351,6 +354,10 @@ impl Gpu {
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        drop(pass);
+        if let Some(prof) = self.profile.lock().unwrap().as_mut() {
+            prof.after_launch(rec.encoder(&self.device), shader.name, entry);
+        }
     }
 
     fn submit_locked(&self, rec: &mut Recorder) {

@@ -68,3 +68,95 @@ impl Gpu {
         Ok((tb - ta) as f64 * self.queue.get_timestamp_period() as f64 / 1e6)
     }
 }
+
+/// Per-kernel GPU time of a stretch of work: a timestamp after every launch, so that the
+/// interval before each one's mark is that launch (launches run in order, one pass each).
+pub(crate) struct Profile {
+    timer: GpuTimer,
+    /// "family/entry" of launch i, whose time ends at mark i + 1.
+    names: Vec<String>,
+}
+
+impl Profile {
+    /// Marks the end of the launch just recorded into `encoder` (launches past the timer's
+    /// capacity go unmeasured).
+    pub(crate) fn after_launch(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        family: &str,
+        entry: &str,
+    ) {
+        let index = self.names.len() as u32 + 1;
+        if index >= self.timer.count {
+            return;
+        }
+        self.names.push(format!("{family}/{entry}"));
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("profile mark"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &self.timer.set,
+                beginning_of_pass_write_index: None,
+                end_of_pass_write_index: Some(index),
+            }),
+        });
+    }
+}
+
+/// One kernel's share of a profiled stretch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    /// "family/entry point".
+    pub kernel: String,
+    /// Launches.
+    pub launches: usize,
+    /// Total GPU milliseconds.
+    pub ms: f64,
+}
+
+impl Gpu {
+    /// Starts timing every launch (up to `max_launches`) until [`Gpu::profile_finish`]; false
+    /// where the adapter has no timestamp queries.
+    pub fn profile_start(&self, max_launches: u32) -> bool {
+        let Some(timer) = self.timer(max_launches + 1) else {
+            return false;
+        };
+        self.mark(&timer, 0);
+        *self.profile.lock().unwrap() = Some(Profile {
+            timer,
+            names: Vec::new(),
+        });
+        true
+    }
+
+    /// The profile since [`Gpu::profile_start`], by kernel, most time first (waits for the GPU).
+    pub fn profile_finish(&self) -> Result<Vec<KernelTime>> {
+        let Some(prof) = self.profile.lock().unwrap().take() else {
+            return Ok(Vec::new());
+        };
+        let t = &prof.timer;
+        self.with_encoder(|encoder| encoder.resolve_query_set(&t.set, 0..t.count, &t.resolve, 0));
+        let raw = self.read_raw(&t.resolve, 0, 8 * t.count as u64)?;
+        let ts: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let period = self.queue.get_timestamp_period() as f64 / 1e6;
+        let mut by: Vec<KernelTime> = Vec::new();
+        for (i, name) in prof.names.iter().enumerate() {
+            let ms = ts[i + 1].saturating_sub(ts[i]) as f64 * period;
+            match by.iter_mut().find(|k| &k.kernel == name) {
+                Some(k) => {
+                    k.launches += 1;
+                    k.ms += ms;
+                }
+                None => by.push(KernelTime {
+                    kernel: name.clone(),
+                    launches: 1,
+                    ms,
+                }),
+            }
+        }
+        by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(by)
+    }
+}

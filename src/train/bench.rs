@@ -306,6 +306,8 @@ pub struct ModelBench {
     /// Most bytes of GPU buffers held at once during the train steps (weights, activations,
     /// gradients, AdamW state and the buffer pool).
     pub peak_memory_bytes: u64,
+    /// GPU time of one train step by kernel, most first (empty without timestamp queries).
+    pub train_step_by_kernel: Vec<crate::gpu::KernelTime>,
 }
 
 /// Whole-model forward, forward+backward, and a train step as the Trainer runs it (forward,
@@ -360,8 +362,8 @@ pub fn model_rows(
         3.0 * gflop,
     ));
     let mut t = 0;
-    let mut dispatches = 0;
-    let ms = time_ms(gpu, iters, || {
+    let dispatches = std::cell::Cell::new(0);
+    let mut step = || {
         let before = gpu.dispatches();
         flat.zero_grads(gpu);
         let mut g = Graph::new(gpu, dt);
@@ -382,9 +384,17 @@ pub fn model_rows(
             },
             None,
         );
-        dispatches = gpu.dispatches() - before;
+        dispatches.set(gpu.dispatches() - before);
         Ok(())
-    })?;
+    };
+    let ms = time_ms(gpu, iters, &mut step)?;
+    // One more step with a timestamp after every launch.
+    let by_kernel = if gpu.profile_start(dispatches.get() as u32 + 16) {
+        step()?;
+        gpu.profile_finish()?
+    } else {
+        Vec::new()
+    };
     let train_step_img_s = batch as f64 / (ms / 1e3);
     rows.push(Row::flops(
         format!("train step (fwd+bwd+AdamW) = {train_step_img_s:.1} img/s"),
@@ -395,7 +405,8 @@ pub fn model_rows(
         rows,
         forward_img_s,
         train_step_img_s,
-        dispatches_per_train_step: dispatches,
+        dispatches_per_train_step: dispatches.get(),
         peak_memory_bytes: gpu.memory().1,
+        train_step_by_kernel: by_kernel,
     })
 }

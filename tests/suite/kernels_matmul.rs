@@ -309,3 +309,56 @@ fn gpu_timer_measures_recorded_work() {
     let want = linear_forward_cpu(&xv, &wv, None, Act::None, m, n, k);
     assert_close("timed matmul", &g.read(&out).unwrap(), &want, 2.5e-4, 0.0);
 }
+
+/// The per-kernel profile (`vitgpu bench`'s train-step breakdown): every launch lands under its
+/// kernel's name with its count, the work stays right, and nothing is recorded once it ends.
+#[test]
+fn profile_counts_launches_by_kernel() {
+    let g = gpu();
+    let (m, n, k) = (70, 40, 24);
+    let (xv, wv) = (rand_vec(m * k, 3, 1.0), rand_vec(n * k, 4, 1.0));
+    let x = g.upload(&xv, &[m, k], DType::F32).unwrap();
+    let w = g.upload(&wv, &[n, k], DType::F32).unwrap();
+    let out = g.alloc(&[m, n], DType::F32).unwrap();
+    let db = g.alloc(&[n], DType::F32).unwrap();
+    let on = g.profile_start(8);
+    assert_eq!(
+        on,
+        g.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        "a profile exactly where the adapter has timestamp queries"
+    );
+    linear_forward(g, &out, &x, &w, None, Act::None);
+    linear_forward(g, &out, &x, &w, None, Act::None);
+    bias_backward(g, &db, &out, false);
+    let prof = g.profile_finish().unwrap();
+    assert_close(
+        "profiled matmul",
+        &g.read(&out).unwrap(),
+        &linear_forward_cpu(&xv, &wv, None, Act::None, m, n, k),
+        ATOL,
+        RTOL,
+    );
+    if !on {
+        assert!(prof.is_empty());
+        return;
+    }
+    let launches: usize = prof.iter().map(|p| p.launches).sum();
+    // Two products (one launch each) and the two-pass bias gradient.
+    assert_eq!(launches, 4, "{prof:?}");
+    let mm = prof
+        .iter()
+        .find(|p| p.kernel.starts_with("matmul") && p.kernel.contains("forward"))
+        .unwrap_or_else(|| panic!("no matmul forward in {prof:?}"));
+    assert_eq!(mm.launches, 2, "{prof:?}");
+    assert!(
+        prof.iter().all(|p| p.ms.is_finite() && p.ms >= 0.0),
+        "{prof:?}"
+    );
+    assert!(mm.ms > 0.0, "{prof:?}");
+    assert!(
+        prof.windows(2).all(|w| w[0].ms >= w[1].ms),
+        "most time first: {prof:?}"
+    );
+    linear_forward(g, &out, &x, &w, None, Act::None);
+    assert!(g.profile_finish().unwrap().is_empty());
+}
