@@ -37,6 +37,9 @@ struct Params {
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;
 override ACCUM: bool = false;
+// B's columns are contiguous and every pair starts at an even element: one ld2 per pair. An
+// override, not a uniform test: llvmpipe runs both sides of every `if`, masked.
+override B_PAIR: bool = false;
 // Output rows per subgroup and column pairs per lane. Constants, not overrides: the arrays
 // below must be exactly this long for Mesa to unroll the loops that index them (else they
 // live in memory, and the GELU epilogue tripled the kernel's time).
@@ -66,7 +69,6 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     c0 = p.c_off + o * p.c_so + zi * p.c_si;
     let nb = wg.x * 16u * SG_RN + 2u * lane;
     for (var i = 0u; i < SG_RM * SG_RN; i++) { acc[i] = vec2<f32>(0.0); }
-    let pair = p.b_sn == 1u && ((b0 | p.b_sk | p.n) & 1u) == 0u;
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {
         let ka = k0 + lane;
         let kc = min(ka, p.k - 1u);
@@ -79,7 +81,7 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
             for (var j = 0u; j < SG_RN; j++) {
                 // Clamped reads past the last column: their sums are never stored.
                 let n = nb + j * 16u;
-                if (pair) {
+                if (B_PAIR) {
                     bv[j] = ld2_b(b0 + kb * p.b_sk + (min(n, p.n - 1u) & ~1u));
                 } else {
                     let n0 = min(n, p.n - 1u);

@@ -192,10 +192,14 @@ fn launch_sg(
         "the subgroup matmul needs 8-wide subgroups"
     );
     let mm = &params.mm;
+    let [b_off, b_so, b_si] = params.b;
+    let pair = mm.b_sn == 1 && (b_off | b_so | b_si | mm.b_sk | mm.n) & 1 == 0;
+    let mut ov = overrides.to_vec();
+    ov.push(("B_PAIR", if pair { 1.0 } else { 0.0 }));
     gpu.launch(
         &shader!("matmul_sg"),
         "matmul_forward_sg",
-        overrides,
+        &ov,
         params,
         bindings,
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
