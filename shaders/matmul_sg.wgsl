@@ -37,9 +37,14 @@ struct Params {
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;
 override ACCUM: bool = false;
-// B's columns are contiguous and every pair starts at an even element: one ld2 per pair. An
-// override, not a uniform test: llvmpipe runs both sides of every `if`, masked.
-override B_PAIR: bool = false;
+// How B is read, chosen by the launcher (an override, not a uniform test: llvmpipe runs both
+// sides of every `if`, masked). Each load instruction costs a loop over the 8 lanes whatever
+// its width, so wide loads pay: 0 = element by element; 1 = f32 with K contiguous (x·Wᵀ, q·kᵀ):
+// B4 quads along K; 2 = f32 with N contiguous (dY·W, dYᵀ·X, P·v): one B4 quad of a lane's 4
+// columns per K step; 3 = f16 with N contiguous: one word per column pair.
+override B_MODE: u32 = 0u;
+// B again as quads of words, for B_MODE 1 and 2 (the same buffer, bound twice read-only).
+@group(0) @binding(5) var<storage, read> B4: array<vec4<u32>>;
 // Output rows per subgroup and column pairs per lane. Constants, not overrides: the arrays
 // below must be exactly this long for Mesa to unroll the loops that index them (else they
 // live in memory, and the GELU epilogue tripled the kernel's time).
@@ -53,9 +58,10 @@ var<private> c0: u32;
 var<private> acc: array<vec2<f32>, 32>; // [row][column pair], SG_RM × SG_RN
 var<private> av: array<f32, 16>; // SG_RM
 var<private> bv: array<vec2<f32>, 2>; // SG_RN
+var<private> bk: array<vec4<f32>, 8>; // B_MODE 1: [column 0..4][K quad 0..2] of a K block
 
-// One subgroup of 8 lanes computes SG_RM rows × 16·SG_RN columns; lane l holds the column
-// pairs 16j + 2l, 16j + 2l + 1. llvmpipe loads storage buffers lane by lane, so the rows of A,
+// One subgroup of 8 lanes computes SG_RM rows × 16·SG_RN columns; lane l holds the 2·SG_RN
+// consecutive columns from 2·SG_RN·l. llvmpipe loads storage buffers lane by lane, so the rows of A,
 // which every lane needs, are loaded once per 8 K steps (lane l reads step l) and handed round
 // with subgroupShuffle; each lane loads only its own columns of B.
 @compute @workgroup_size(32)
@@ -67,7 +73,7 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     a0 = p.a_off + o * p.a_so + zi * p.a_si;
     b0 = p.b_off + o * p.b_so + zi * p.b_si;
     c0 = p.c_off + o * p.c_so + zi * p.c_si;
-    let nb = wg.x * 16u * SG_RN + 2u * lane;
+    let nb = wg.x * 16u * SG_RN + 2u * SG_RN * lane;
     for (var i = 0u; i < SG_RM * SG_RN; i++) { acc[i] = vec2<f32>(0.0); }
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {
         let ka = k0 + lane;
@@ -76,36 +82,70 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
             let m = min(m0 + i, p.m - 1u);
             av[i] = select(0.0, ld_a(a0 + m * p.a_sm + kc * p.a_sk), ka < p.k);
         }
-        for (var kk = 0u; kk < 8u; kk++) {
-            let kb = min(k0 + kk, p.k - 1u);
-            for (var j = 0u; j < SG_RN; j++) {
-                // Clamped reads past the last column: their sums are never stored.
-                let n = nb + j * 16u;
-                if (B_PAIR) {
-                    bv[j] = ld2_b(b0 + kb * p.b_sk + (min(n, p.n - 1u) & ~1u));
-                } else {
-                    let n0 = min(n, p.n - 1u);
-                    let n1 = min(n + 1u, p.n - 1u);
-                    bv[j] = vec2<f32>(ld_b(b0 + kb * p.b_sk + n0 * p.b_sn), ld_b(b0 + kb * p.b_sk + n1 * p.b_sn));
-                }
-            }
-            for (var i = 0u; i < SG_RM; i++) {
-                let a = subgroupShuffle(av[i], kk);
-                for (var j = 0u; j < SG_RN; j++) {
-                    acc[i * SG_RN + j] = fma(vec2<f32>(a), bv[j], acc[i * SG_RN + j]);
-                }
+        if (B_MODE == 1u) {
+            // K % 4 == 0: a quad is all inside or all past K; past it, the clamped quad is
+            // finite and meets A's zeros. Columns past N are clamped and never stored.
+            let q0 = min(k0, p.k - 4u);
+            let q1 = min(k0 + 4u, p.k - 4u);
+            for (var c = 0u; c < 2u * SG_RN; c++) {
+                let col = b0 + min(nb + c, p.n - 1u) * p.b_sn;
+                bk[2u * c] = bitcast<vec4<f32>>(B4[(col + q0) >> 2u]);
+                bk[2u * c + 1u] = bitcast<vec4<f32>>(B4[(col + q1) >> 2u]);
             }
         }
+        // The eight K steps written out, so that kk is a constant in each (it indexes bk and
+        // picks the lane to shuffle from).
+        kstep(k0, 0u, nb);
+        kstep(k0, 1u, nb);
+        kstep(k0, 2u, nb);
+        kstep(k0, 3u, nb);
+        kstep(k0, 4u, nb);
+        kstep(k0, 5u, nb);
+        kstep(k0, 6u, nb);
+        kstep(k0, 7u, nb);
     }
     // Row by row, shifting the next row into acc[0..SG_RN] so that every index into acc stays
     // a constant even where Mesa keeps this loop rolled (its body is large with GELU).
     for (var i = 0u; i < SG_RM; i++) {
         let m = m0 + i;
         for (var j = 0u; j < SG_RN; j++) {
-            let n = nb + j * 16u;
+            let n = nb + 2u * j;
             if (m < p.m && n < p.n) { epilogue2(m, n, acc[j].x, acc[j].y); }
         }
         for (var t = 0u; t < (SG_RM - 1u) * SG_RN; t++) { acc[t] = acc[t + SG_RN]; }
+    }
+}
+
+// K step k0 + kk of the subgroup's tile: this lane's columns of B row k times A's rows.
+fn kstep(k0: u32, kk: u32, nb: u32) {
+    let kb = min(k0 + kk, p.k - 1u);
+    if (B_MODE == 1u) {
+        for (var j = 0u; j < SG_RN; j++) {
+            bv[j] = vec2<f32>(bk[4u * j + kk / 4u][kk % 4u], bk[4u * j + 2u + kk / 4u][kk % 4u]);
+        }
+    } else if (B_MODE == 2u) {
+        // N % 4 == 0: a lane's quad is all inside or all past N.
+        let q = bitcast<vec4<f32>>(B4[(b0 + kb * p.b_sk + min(nb, p.n - 4u)) >> 2u]);
+        bv[0] = q.xy;
+        bv[1] = q.zw;
+    } else {
+        for (var j = 0u; j < SG_RN; j++) {
+            // Clamped reads past the last column: their sums are never stored.
+            let n = nb + 2u * j;
+            if (B_MODE == 3u) {
+                bv[j] = ld2_b(b0 + kb * p.b_sk + (min(n, p.n - 1u) & ~1u));
+            } else {
+                let n0 = min(n, p.n - 1u);
+                let n1 = min(n + 1u, p.n - 1u);
+                bv[j] = vec2<f32>(ld_b(b0 + kb * p.b_sk + n0 * p.b_sn), ld_b(b0 + kb * p.b_sk + n1 * p.b_sn));
+            }
+        }
+    }
+    for (var i = 0u; i < SG_RM; i++) {
+        let a = subgroupShuffle(av[i], kk);
+        for (var j = 0u; j < SG_RN; j++) {
+            acc[i * SG_RN + j] = fma(vec2<f32>(a), bv[j], acc[i * SG_RN + j]);
+        }
     }
 }
 

@@ -193,15 +193,33 @@ fn launch_sg(
     );
     let mm = &params.mm;
     let [b_off, b_so, b_si] = params.b;
-    let pair = mm.b_sn == 1 && (b_off | b_so | b_si | mm.b_sk | mm.n) & 1 == 0;
+    let b_f16 = overrides.iter().any(|&(k, v)| k == "B_F16" && v != 0.0);
+    // Every quad of B4 must hold a whole aligned run of the operand (see B_MODE).
+    let starts = b_off | b_so | b_si;
+    let mode = if b_f16 {
+        u32::from(mm.b_sn == 1 && (starts | mm.b_sk | mm.n) & 1 == 0) * 3
+    } else if mm.b_sk == 1 && (starts | mm.b_sn | mm.k) & 3 == 0 {
+        1
+    } else if mm.b_sn == 1 && (starts | mm.b_sk | mm.n) & 3 == 0 {
+        2
+    } else {
+        0
+    };
     let mut ov = overrides.to_vec();
-    ov.push(("B_PAIR", if pair { 1.0 } else { 0.0 }));
+    ov.push(("B_MODE", mode as f64));
+    let b = bindings
+        .iter()
+        .find(|(i, _)| *i == 2)
+        .expect("matmul_sg binds B at 2")
+        .1;
+    let mut bindings = bindings.to_vec();
+    bindings.push((5, b));
     gpu.launch(
         &shader!("matmul_sg"),
         "matmul_forward_sg",
         &ov,
         params,
-        bindings,
+        &bindings,
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
     );
 }

@@ -16,6 +16,9 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
         (65, 130, 17, Act::GeluTanh),
         (129, 66, 96, Act::Gelu),
         (260, 140, 33, Act::None),
+        // K and N multiples of 4: the subgroup kernel's quad reads of B (K quads here; N
+        // quads in the backward's second shape).
+        (45, 36, 20, Act::Gelu),
     ] {
         let x = rand_vec(m * k, 1, 1.0);
         let w = rand_vec(n * k, 2, 1.0);
@@ -37,8 +40,13 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
 }
 
 fn linear_backward_matches_cpu() {
+    for (m, n, k) in [(37, 29, 50), (21, 44, 36)] {
+        linear_backward_matches_cpu_at(m, n, k);
+    }
+}
+
+fn linear_backward_matches_cpu_at(m: usize, n: usize, k: usize) {
     let g = gpu();
-    let (m, n, k) = (37, 29, 50);
     let x = rand_vec(m * k, 4, 1.0);
     let w = rand_vec(n * k, 5, 1.0);
     let dy = rand_vec(m * n, 6, 1.0);
