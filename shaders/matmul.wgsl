@@ -157,6 +157,28 @@ fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     st_c(n, s0, s1, has1);
 }
 
+// The bias gradient in one pass, one invocation per column pair summing every row: software
+// adapters, where a launch costs more than the lost parallelism (vitgpu there runs 2–16
+// threads, not thousands).
+@compute @workgroup_size(WG_COLS)
+fn matmul_bias_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x * 2u;
+    if (n >= p.n) { return; }
+    let has1 = n + 1u < p.n;
+    let n1 = min(n + 1u, p.n - 1u);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var m = 0u; m < p.m; m++) {
+        s0 += ld_a(m * p.n + n);
+        s1 += ld_a(m * p.n + n1);
+    }
+    if (ACCUM) {
+        s0 += ld_c(n);
+        if (has1) { s1 += ld_c(n + 1u); }
+    }
+    st_c(n, s0, s1, has1);
+}
+
 // The same product without workgroup memory or barriers: each invocation reads its operands
 // straight from memory (which a CPU's caches serve well). Software adapters run this one:
 // llvmpipe turns barriers into costly coroutine switches.

@@ -447,6 +447,27 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         b_sk: 0,
         b_sn: 0,
     };
+    let cols = (n as u32).div_ceil(2).div_ceil(64);
+    let variant = FORCE
+        .with(|f| f.get())
+        .unwrap_or_else(|| plan(gpu, m as u32, n as u32, 1));
+    if matches!(variant, Variant::Direct | Variant::Subgroup) {
+        // Software adapters: one launch (the two-pass split only buys parallelism).
+        let overrides = [
+            ("A_F16", dy.dtype.is_f16()),
+            ("C_F16", db.dtype.is_f16()),
+            ("ACCUM", flag(accum)),
+        ];
+        gpu.launch(
+            &shader!("matmul"),
+            "matmul_bias_direct",
+            &overrides,
+            &p,
+            &[(1, dy), (4, db)],
+            [cols, 1, 1],
+        );
+        return;
+    }
     let chunks = (m as u32).div_ceil(BIAS_CHUNK);
     let ws = gpu
         .alloc(&[chunks as usize, n], crate::gpu::DType::F32)
@@ -457,7 +478,6 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         ("ACCUM", flag(accum)),
         ("BIAS_CHUNK", BIAS_CHUNK as f64),
     ];
-    let cols = (n as u32).div_ceil(2).div_ceil(64);
     gpu.launch(
         &shader!("matmul"),
         "matmul_bias_partial",
