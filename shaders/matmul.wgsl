@@ -12,6 +12,21 @@ struct Params {
     a_sk: u32,
     b_sk: u32,
     b_sn: u32,
+    // Batched products (matmul_sg.wgsl, for attention on software adapters): workgroup
+    // z = o·inner + i computes C[z] = A[z]·B[z], operand X[z] starting at element
+    // x_off + o·x_so + i·x_si. The kernels of this file take one product (inner 1, all 0).
+    inner: u32,
+    a_off: u32,
+    a_so: u32,
+    a_si: u32,
+    b_off: u32,
+    b_so: u32,
+    b_si: u32,
+    c_off: u32,
+    c_so: u32,
+    c_si: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,13 +54,14 @@ fn store_tile(m0: u32, n0: u32) {
         for (var j = 0u; j < 4u; j += 2u) {
             let n = n0 + j;
             if (n >= p.n) { continue; }
-            epilogue2(m, n, acc[i * 4u + j], acc[i * 4u + j + 1u]);
+            epilogue2(m * p.c_sm, n, acc[i * 4u + j], acc[i * 4u + j + 1u]);
         }
     }
 }
 
-// Bias, activation, accumulate and store of C[m, n] and C[m, n + 1] (when n + 1 < N).
-fn epilogue2(m: u32, n: u32, s0: f32, s1: f32) {
+// Bias, activation, accumulate and store of C[n] and C[n + 1] (when n + 1 < N) of the row of C
+// starting at element `row`.
+fn epilogue2(row: u32, n: u32, s0: f32, s1: f32) {
     let has1 = n + 1u < p.n;
     var v0 = s0;
     var v1 = s1;
@@ -55,7 +71,7 @@ fn epilogue2(m: u32, n: u32, s0: f32, s1: f32) {
     }
     v0 = activate(v0, ACT);
     v1 = activate(v1, ACT);
-    let idx = m * p.c_sm + n;
+    let idx = row + n;
     if (ACCUM) {
         v0 += ld_c(idx);
         if (has1) { v1 += ld_c(idx + 1u); }
@@ -316,5 +332,5 @@ fn matmul_split_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
         s0 += WS[i];
         if (has1) { s1 += WS[i + 1u]; }
     }
-    epilogue2(m, n, s0, s1);
+    epilogue2(m * p.c_sm, n, s0, s1);
 }

@@ -26,7 +26,8 @@ pub struct Shader {
     pub source: &'static str,
 }
 
-/// The [`Shader`] of `shaders/NAME.wgsl`, with `shaders/common.wgsl` prepended.
+/// The [`Shader`] of `shaders/NAME.wgsl`, with `shaders/common.wgsl` prepended (and, for
+/// `shader!("NAME" after "BASE")`, `shaders/BASE.wgsl` between them).
 #[macro_export]
 macro_rules! shader {
     ($name:literal) => {
@@ -34,6 +35,27 @@ macro_rules! shader {
             name: $name,
             source: concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/",
+                    $name,
+                    ".wgsl"
+                ))
+            ),
+        }
+    };
+    // A family compiled after another's source (its structs, tensors and helpers).
+    ($name:literal after $base:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/",
+                    $base,
+                    ".wgsl"
+                )),
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/shaders/",

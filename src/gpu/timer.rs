@@ -38,35 +38,46 @@ impl Gpu {
     /// Records timestamp `index` after everything recorded so far.
     pub fn mark(&self, t: &GpuTimer, index: u32) {
         assert!(index < t.count);
-        self.with_encoder(|encoder| {
-            // An empty pass whose end writes the timestamp (needs only TIMESTAMP_QUERY). The end
-            // of a pass, not its beginning: a beginning-of-pass write may land before earlier
-            // work has finished.
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("mark"),
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.set,
-                    beginning_of_pass_write_index: None,
-                    end_of_pass_write_index: Some(index),
-                }),
-            });
-        });
+        self.with_encoder(|encoder| write_mark(encoder, &t.set, index));
+    }
+
+    /// Every timestamp of `t`, in ticks (flushes and waits).
+    fn timestamps(&self, t: &GpuTimer) -> Result<Vec<u64>> {
+        self.with_encoder(|encoder| encoder.resolve_query_set(&t.set, 0..t.count, &t.resolve, 0));
+        let raw = self.read_raw(&t.resolve, 0, 8 * t.count as u64)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+
+    /// Milliseconds per timestamp tick.
+    fn tick_ms(&self) -> f64 {
+        self.queue.get_timestamp_period() as f64 / 1e6
     }
 
     /// Milliseconds between marks `a` and `b` (flushes and waits).
     pub fn elapsed_ms(&self, t: &GpuTimer, a: u32, b: u32) -> Result<f64> {
-        self.with_encoder(|encoder| encoder.resolve_query_set(&t.set, 0..t.count, &t.resolve, 0));
-        let raw = self.read_raw(&t.resolve, 0, 8 * t.count as u64)?;
-        let ts: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let ts = self.timestamps(t)?;
         let (ta, tb) = (ts[a as usize], ts[b as usize]);
         if tb < ta {
             return Err(anyhow!("GPU timestamps went backwards ({ta} → {tb})"));
         }
-        Ok((tb - ta) as f64 * self.queue.get_timestamp_period() as f64 / 1e6)
+        Ok((tb - ta) as f64 * self.tick_ms())
     }
+}
+
+/// An empty pass whose end writes timestamp `index` (needs only TIMESTAMP_QUERY). The end of a
+/// pass, not its beginning: a beginning-of-pass write may land before earlier work has finished.
+fn write_mark(encoder: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32) {
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("mark"),
+        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: None,
+            end_of_pass_write_index: Some(index),
+        }),
+    });
 }
 
 /// Per-kernel GPU time of a stretch of work: a timestamp after every launch, so that the
@@ -91,14 +102,7 @@ impl Profile {
             return;
         }
         self.names.push(format!("{family}/{entry}"));
-        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("profile mark"),
-            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                query_set: &self.timer.set,
-                beginning_of_pass_write_index: None,
-                end_of_pass_write_index: Some(index),
-            }),
-        });
+        write_mark(encoder, &self.timer.set, index);
     }
 }
 
@@ -133,14 +137,8 @@ impl Gpu {
         let Some(prof) = self.profile.lock().unwrap().take() else {
             return Ok(Vec::new());
         };
-        let t = &prof.timer;
-        self.with_encoder(|encoder| encoder.resolve_query_set(&t.set, 0..t.count, &t.resolve, 0));
-        let raw = self.read_raw(&t.resolve, 0, 8 * t.count as u64)?;
-        let ts: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let period = self.queue.get_timestamp_period() as f64 / 1e6;
+        let ts = self.timestamps(&prof.timer)?;
+        let period = self.tick_ms();
         let mut by: Vec<KernelTime> = Vec::new();
         for (i, name) in prof.names.iter().enumerate() {
             let ms = ts[i + 1].saturating_sub(ts[i]) as f64 * period;

@@ -208,7 +208,7 @@ fn rows(
     gpu.launch(
         &shader!("attention"),
         entry,
-        &[("HD", dm.d as f64), ("WG", WG as f64)],
+        &[],
         &p,
         bind,
         grid(rows.div_ceil(64)),

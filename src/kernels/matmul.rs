@@ -6,7 +6,7 @@ use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
 
-/// Mirrors `Params` in matmul.wgsl.
+/// Mirrors `Params` in matmul.wgsl (which matmul_sg.wgsl shares).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct MatmulParams {
@@ -18,13 +18,8 @@ struct MatmulParams {
     a_sk: u32,
     b_sk: u32,
     b_sn: u32,
-}
-
-/// Mirrors `Params` in matmul_sg.wgsl: [`MatmulParams`] and the batch layout.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct BatchedParams {
-    mm: MatmulParams,
+    /// Batched products only (see [`batched_matmul`]): inner batch count, then (offset, outer
+    /// stride, inner stride) of A, B and C.
     inner: u32,
     a: [u32; 3],
     b: [u32; 3],
@@ -32,18 +27,22 @@ struct BatchedParams {
     _pad: [u32; 2],
 }
 
-impl BatchedParams {
-    fn single(mm: MatmulParams) -> BatchedParams {
-        BatchedParams {
-            mm,
-            inner: 1,
-            a: [0; 3],
-            b: [0; 3],
-            c: [0; 3],
-            _pad: [0; 2],
-        }
-    }
-}
+/// One product: the batch fields of [`MatmulParams`] (`..SINGLE` after the eight sizes).
+const SINGLE: MatmulParams = MatmulParams {
+    m: 0,
+    n: 0,
+    k: 0,
+    c_sm: 0,
+    a_sm: 0,
+    a_sk: 0,
+    b_sk: 0,
+    b_sn: 0,
+    inner: 1,
+    a: [0; 3],
+    b: [0; 3],
+    c: [0; 3],
+    _pad: [0; 2],
+};
 
 thread_local! {
     static FORCE: std::cell::Cell<Option<Variant>> = const { std::cell::Cell::new(None) };
@@ -110,9 +109,7 @@ fn gemm(
     ];
     let bias_t = bias.unwrap_or(gpu.dummy());
     let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
-    let variant = FORCE
-        .with(|f| f.get())
-        .unwrap_or_else(|| plan(gpu, params.m, params.n, params.k));
+    let variant = chosen(gpu, params.m, params.n, params.k);
     let grid = |tm: u32, tn: u32, z: u32| [params.n.div_ceil(tn), params.m.div_ceil(tm), z];
     match variant {
         Variant::Direct => gpu.launch(
@@ -123,13 +120,7 @@ fn gemm(
             &bindings,
             grid(32, 32, 1),
         ),
-        Variant::Subgroup => launch_sg(
-            gpu,
-            &overrides,
-            &BatchedParams::single(params),
-            &bindings,
-            1,
-        ),
+        Variant::Subgroup => launch_sg(gpu, &overrides, &params, [a, b, bias_t, c], 1),
         Variant::Tiled => gpu.launch(
             &shader!("matmul"),
             "matmul_forward",
@@ -179,11 +170,13 @@ fn gemm(
     }
 }
 
+/// `matmul_forward_sg` over `batches` products: C (binding 4) from A (1), B (2, and again as
+/// quads at 6) and the bias (3).
 fn launch_sg(
     gpu: &Gpu,
     overrides: &[(&'static str, f64)],
-    params: &BatchedParams,
-    bindings: &[(u32, &GpuTensor)],
+    mm: &MatmulParams,
+    [a, b, bias, c]: [&GpuTensor; 4],
     batches: u32,
 ) {
     assert_eq!(
@@ -191,12 +184,10 @@ fn launch_sg(
         Some(8),
         "the subgroup matmul needs 8-wide subgroups"
     );
-    let mm = &params.mm;
-    let [b_off, b_so, b_si] = params.b;
-    let b_f16 = overrides.iter().any(|&(k, v)| k == "B_F16" && v != 0.0);
+    let [b_off, b_so, b_si] = mm.b;
     // Every quad of B4 must hold a whole aligned run of the operand (see B_MODE).
     let starts = b_off | b_so | b_si;
-    let mode = if b_f16 {
+    let mode = if b.dtype == crate::gpu::DType::F16 {
         u32::from(mm.b_sn == 1 && (starts | mm.b_sk | mm.n) & 1 == 0) * 3
     } else if mm.b_sk == 1 && (starts | mm.b_sn | mm.k) & 3 == 0 {
         1
@@ -207,19 +198,12 @@ fn launch_sg(
     };
     let mut ov = overrides.to_vec();
     ov.push(("B_MODE", mode as f64));
-    let b = bindings
-        .iter()
-        .find(|(i, _)| *i == 2)
-        .expect("matmul_sg binds B at 2")
-        .1;
-    let mut bindings = bindings.to_vec();
-    bindings.push((5, b));
     gpu.launch(
-        &shader!("matmul_sg"),
+        &shader!("matmul_sg" after "matmul"),
         "matmul_forward_sg",
         &ov,
-        params,
-        &bindings,
+        mm,
+        &[(1, a), (2, b), (3, bias), (4, c), (6, b)],
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
     );
 }
@@ -263,17 +247,15 @@ pub fn batched_matmul(
             "batched_matmul: f16 C needs even offsets and strides"
         );
     }
-    let params = BatchedParams {
-        mm: MatmulParams {
-            m: u(m),
-            n: u(n),
-            k: u(k),
-            c_sm: u(c.sr),
-            a_sm: u(a.sr),
-            a_sk: u(a.sc),
-            b_sk: u(b.sr),
-            b_sn: u(b.sc),
-        },
+    let params = MatmulParams {
+        m: u(m),
+        n: u(n),
+        k: u(k),
+        c_sm: u(c.sr),
+        a_sm: u(a.sr),
+        a_sk: u(a.sc),
+        b_sk: u(b.sr),
+        b_sn: u(b.sc),
         inner: u(inner),
         a: [u(a.off), u(a.so), u(a.si)],
         b: [u(b.off), u(b.so), u(b.si)],
@@ -289,13 +271,20 @@ pub fn batched_matmul(
         ("ACT", 0.0),
         ("ACCUM", 0.0),
     ];
-    let bindings = [(1, a.t), (2, b.t), (3, gpu.dummy()), (4, c.t)];
-    launch_sg(gpu, &overrides, &params, &bindings, u(outer * inner));
+    let tensors = [a.t, b.t, gpu.dummy(), c.t];
+    launch_sg(gpu, &overrides, &params, tensors, u(outer * inner));
 }
 
 /// Rows per subgroup and column pairs per lane of `matmul_forward_sg` (its SG_RM, SG_RN).
 const SG_RM: u32 = 16;
 const SG_RN: u32 = 2;
+
+/// The kernel an (M, N, K) product runs: the one [`with_variant`] forces, else [`plan`]'s.
+fn chosen(gpu: &Gpu, m: u32, n: u32, k: u32) -> Variant {
+    FORCE
+        .with(|f| f.get())
+        .unwrap_or_else(|| plan(gpu, m, n, k))
+}
 
 /// The kernel an (M, N, K) product runs on `gpu` unless [`with_variant`] says otherwise.
 pub fn plan(gpu: &Gpu, m: u32, n: u32, k: u32) -> Variant {
@@ -376,6 +365,7 @@ pub fn linear_forward(
         a_sk: 1,
         b_sk: 1,
         b_sn: k as u32,
+        ..SINGLE
     };
     gemm(gpu, out, x, w, bias, p, act, false);
 }
@@ -401,6 +391,7 @@ pub fn linear_backward_input(
         a_sk: 1,
         b_sk: k as u32,
         b_sn: 1,
+        ..SINGLE
     };
     gemm(gpu, dx, dy, w, None, p, Act::None, accum);
 }
@@ -429,6 +420,7 @@ pub fn linear_backward_weight(
         a_sk: n as u32,
         b_sk: k as u32,
         b_sn: 1,
+        ..SINGLE
     };
     gemm(gpu, dw, dy, x, None, p, Act::None, accum);
 }
@@ -446,12 +438,13 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         a_sk: 0,
         b_sk: 0,
         b_sn: 0,
+        ..SINGLE
     };
     let cols = (n as u32).div_ceil(2).div_ceil(64);
-    let variant = FORCE
-        .with(|f| f.get())
-        .unwrap_or_else(|| plan(gpu, m as u32, n as u32, 1));
-    if matches!(variant, Variant::Direct | Variant::Subgroup) {
+    if matches!(
+        chosen(gpu, m as u32, n as u32, 1),
+        Variant::Direct | Variant::Subgroup
+    ) {
         // Software adapters: one launch (the two-pass split only buys parallelism).
         let overrides = [
             ("A_F16", dy.dtype.is_f16()),
@@ -522,6 +515,7 @@ pub fn linear_forward_cls(
         a_sk: 1,
         b_sk: 1,
         b_sn: k as u32,
+        ..SINGLE
     };
     gemm(gpu, out, x, w, bias, p, Act::None, false);
 }
@@ -549,6 +543,7 @@ pub fn linear_backward_input_cls(
         a_sk: 1,
         b_sk: k as u32,
         b_sn: 1,
+        ..SINGLE
     };
     gemm(gpu, dx, dy, w, None, p, Act::None, accum);
 }
@@ -575,6 +570,7 @@ pub fn linear_backward_weight_cls(
         a_sk: n as u32,
         b_sk: (t * k) as u32,
         b_sn: 1,
+        ..SINGLE
     };
     gemm(gpu, dw, dy, x, None, p, Act::None, accum);
 }
