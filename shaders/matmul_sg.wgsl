@@ -11,6 +11,29 @@
 override B_MODE: u32 = 0u;
 // B again as quads of words, for B_MODE 1 and 2 (the same buffer, bound twice read-only).
 @group(0) @binding(6) var<storage, read> B4: array<vec4<u32>>;
+// How A is read: 0 = element by element from A (lane l reads K step l of each row); 1 = f32
+// with K contiguous, quads from A_TEX (lane l reads rows l and l + 8); 2 = f32 with M
+// contiguous, quads of 4 rows from A_TEX (lane l reads K step l).
+override A_MODE: u32 = 0u;
+// B_MODE 1 and 2 read their quads from B_TEX instead of B4.
+override B_TEX: bool = false;
+// Operands staged as textures by the launcher (Gpu::stage_texture): quad q of the tensor's
+// words is texel (q % 4096, q / 4096). llvmpipe fetches texels without the per-lane loop of a
+// storage load, so a quad costs about a fifth as much. Bound to a placeholder when unused.
+@group(0) @binding(7) var A_TEX: texture_2d<u32>;
+@group(0) @binding(8) var B_TEX_T: texture_2d<u32>;
+// STAGE_WIDTH in gpu/mod.rs.
+const TEX_SHIFT: u32 = 12u;
+
+fn tex_quad(t: texture_2d<u32>, q: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(textureLoad(t, vec2<u32>(q & ((1u << TEX_SHIFT) - 1u), q >> TEX_SHIFT), 0));
+}
+
+// Quad q of B's words, from B_TEX_T or B4.
+fn b_quad(q: u32) -> vec4<f32> {
+    if (B_TEX) { return tex_quad(B_TEX_T, q); }
+    return bitcast<vec4<f32>>(B4[q]);
+}
 // Output rows per subgroup and column pairs per lane. Constants, not overrides: the arrays
 // below must be exactly this long for Mesa to unroll the loops that index them (else they
 // live in memory, and the GELU epilogue tripled the kernel's time).
@@ -21,7 +44,8 @@ const SG_RN: u32 = 2u;
 var<private> a0: u32;
 var<private> b0: u32;
 var<private> acc_sg: array<vec2<f32>, 32>; // [row][column pair], SG_RM × SG_RN
-var<private> av: array<f32, 16>; // SG_RM
+var<private> av: array<f32, 16>; // SG_RM (A_MODE 0)
+var<private> aq: array<vec4<f32>, 4>; // A_MODE 1: [row l, l + 8][K quad]; 2: [rows 4q..4q+4]
 var<private> bv: array<vec2<f32>, 2>; // SG_RN
 var<private> bk: array<vec4<f32>, 8>; // B_MODE 1: [column 0..4][K quad 0..2] of a K block
 
@@ -43,9 +67,25 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {
         let ka = k0 + lane;
         let kc = min(ka, p.k - 1u);
-        for (var i = 0u; i < SG_RM; i++) {
-            let m = min(m0 + i, p.m - 1u);
-            av[i] = select(0.0, ld_a(a0 + m * p.a_sm + kc * p.a_sk), ka < p.k);
+        if (A_MODE == 1u) {
+            // K % 4 == 0: the quad at k0 + 4 is all inside K or all past it (then zeros).
+            let q1 = min(k0 + 4u, p.k - 4u);
+            for (var r = 0u; r < 2u; r++) {
+                let row = a0 + min(m0 + lane + 8u * r, p.m - 1u) * p.a_sm;
+                aq[2u * r] = tex_quad(A_TEX, (row + k0) >> 2u);
+                aq[2u * r + 1u] = select(vec4<f32>(0.0), tex_quad(A_TEX, (row + q1) >> 2u), k0 + 4u < p.k);
+            }
+        } else if (A_MODE == 2u) {
+            // M % 4 == 0: a quad of rows is all inside M or all past it (clamped, never stored).
+            for (var q = 0u; q < 4u; q++) {
+                let m = min(m0 + 4u * q, p.m - 4u);
+                aq[q] = select(vec4<f32>(0.0), tex_quad(A_TEX, (a0 + m + kc * p.a_sk) >> 2u), ka < p.k);
+            }
+        } else {
+            for (var i = 0u; i < SG_RM; i++) {
+                let m = min(m0 + i, p.m - 1u);
+                av[i] = select(0.0, ld_a(a0 + m * p.a_sm + kc * p.a_sk), ka < p.k);
+            }
         }
         if (B_MODE == 1u) {
             // K % 4 == 0: a quad is all inside or all past K; past it, the clamped quad is
@@ -54,8 +94,8 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
             let q1 = min(k0 + 4u, p.k - 4u);
             for (var c = 0u; c < 2u * SG_RN; c++) {
                 let col = b0 + min(nb + c, p.n - 1u) * p.b_sn;
-                bk[2u * c] = bitcast<vec4<f32>>(B4[(col + q0) >> 2u]);
-                bk[2u * c + 1u] = bitcast<vec4<f32>>(B4[(col + q1) >> 2u]);
+                bk[2u * c] = b_quad((col + q0) >> 2u);
+                bk[2u * c + 1u] = b_quad((col + q1) >> 2u);
             }
         }
         // The eight K steps written out, so that kk is a constant in each (it indexes bk and
@@ -90,7 +130,7 @@ fn kstep(k0: u32, kk: u32, nb: u32) {
         }
     } else if (B_MODE == 2u) {
         // N % 4 == 0: a lane's quad is all inside or all past N.
-        let q = bitcast<vec4<f32>>(B4[(b0 + kb * p.b_sk + min(nb, p.n - 4u)) >> 2u]);
+        let q = b_quad((b0 + kb * p.b_sk + min(nb, p.n - 4u)) >> 2u);
         bv[0] = q.xy;
         bv[1] = q.zw;
     } else {
@@ -107,7 +147,14 @@ fn kstep(k0: u32, kk: u32, nb: u32) {
         }
     }
     for (var i = 0u; i < SG_RM; i++) {
-        let a = subgroupShuffle(av[i], kk);
+        var a: f32;
+        if (A_MODE == 1u) {
+            a = subgroupShuffle(aq[2u * (i / 8u) + kk / 4u][kk % 4u], i % 8u);
+        } else if (A_MODE == 2u) {
+            a = subgroupShuffle(aq[i / 4u][i % 4u], kk);
+        } else {
+            a = subgroupShuffle(av[i], kk);
+        }
         for (var j = 0u; j < SG_RN; j++) {
             acc_sg[i * SG_RN + j] = fma(vec2<f32>(a), bv[j], acc_sg[i * SG_RN + j]);
         }

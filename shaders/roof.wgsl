@@ -1,6 +1,7 @@
 // Roof micro-kernels for `vitgpu bench`: the adapter's peak FMA rate (eight independent vec4
 // FMA chains per invocation, nothing read from memory) and its copy bandwidth (vec4 loads and
-// stores), measured in the same run as the kernels they bound.
+// stores) and its read rate (`roof_read`: storage quads against texture quads), measured in
+// the same run as the kernels they bound.
 
 struct Params {
     n: u32,
@@ -35,4 +36,27 @@ fn roof_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 fn roof_copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg, WG);
     if (i < p.n) { DST[i] = SRC[i]; }
+}
+
+// Each invocation sums `iters` quads of SRC, strided by the invocation count (every quad read
+// once per pass over SRC), from SRC itself or (READ_TEX) from SRC staged as a texture
+// (Gpu::launch_textured): what a kernel's loads cost on this adapter either way.
+override READ_TEX: bool = false;
+@group(0) @binding(3) var SRC_TEX: texture_2d<u32>;
+
+@compute @workgroup_size(WG)
+fn roof_read(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, WG);
+    let stride = nwg.x * nwg.y * WG;
+    var s = vec4<f32>(0.0);
+    for (var t = 0u; t < p.iters; t++) {
+        let q = (i + t * stride) % p.n;
+        if (READ_TEX) {
+            // STAGE_WIDTH (4096) texels per row.
+            s += bitcast<vec4<f32>>(textureLoad(SRC_TEX, vec2<u32>(q & 4095u, q >> 12u), 0));
+        } else {
+            s += SRC[q];
+        }
+    }
+    DST[i] = s;
 }

@@ -80,6 +80,16 @@ pub fn run(a: &BenchArgs, adapter: &AdapterChoice) -> Result<i32> {
             "roof: {:.1} GFLOP/s f32 FMA, {:.1} GB/s copy",
             roof.fma_gflops, roof.copy_gbs
         );
+        match roof.read_texture_gbs {
+            Some(t) => println!(
+                "reads: {:.1} GB/s of quads from storage buffers, {t:.1} GB/s from staged textures",
+                roof.read_storage_gbs
+            ),
+            None => println!(
+                "reads: {:.1} GB/s of quads from storage buffers",
+                roof.read_storage_gbs
+            ),
+        }
         for r in &kernels {
             r.print(Some(&roof));
         }

@@ -93,6 +93,41 @@ pub struct Gpu {
     profile: Mutex<Option<timer::Profile>>,
     /// Bound where a kernel's optional input is switched off by an override.
     dummy: GpuTensor,
+    /// Scratch textures holding operands staged by [`Gpu::stage_texture`], one per slot.
+    staging: Mutex<[Option<Staged>; STAGE_SLOTS]>,
+    /// Bound where a kernel's texture input is switched off by an override.
+    dummy_texture: wgpu::TextureView,
+}
+
+/// Texels per row of a staging texture: quad q of a staged tensor is texel (q % W, q / W).
+pub const STAGE_WIDTH: u32 = 4096;
+/// Staging texture slots (a matmul's A and B).
+pub const STAGE_SLOTS: usize = 2;
+
+/// One staging texture and its height in rows.
+struct Staged {
+    view: wgpu::TextureView,
+    rows: u32,
+}
+
+/// A `STAGE_WIDTH`-wide Rgba32Uint texture of `rows` rows, for staging (or binding unused).
+fn staging_texture(device: &wgpu::Device, width: u32, rows: u32) -> wgpu::TextureView {
+    device
+        .create_texture(&wgpu::TextureDescriptor {
+            label: Some("staging"),
+            size: wgpu::Extent3d {
+                width,
+                height: rows,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Uint,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        })
+        .create_view(&Default::default())
 }
 
 impl Gpu {
@@ -159,6 +194,7 @@ impl Gpu {
             &[4],
             DType::F32,
         );
+        let dummy_texture = staging_texture(&device, 1, 1);
         Ok(Gpu {
             device,
             queue,
@@ -179,6 +215,8 @@ impl Gpu {
             dispatches: Default::default(),
             profile: Mutex::default(),
             dummy,
+            staging: Mutex::default(),
+            dummy_texture,
         })
     }
 
@@ -209,6 +247,81 @@ impl Gpu {
 
     pub(crate) fn dummy(&self) -> &GpuTensor {
         &self.dummy
+    }
+
+    /// Rows of staging texture `t` needs: None when `t` is not a whole number of 16-byte-aligned
+    /// quads or needs more rows than the adapter's textures have.
+    fn stage_rows(&self, t: &GpuTensor) -> Option<u32> {
+        let (bytes, max_rows) = (t.byte_size(), self.limits.max_texture_dimension_2d);
+        if !bytes.is_multiple_of(16) || !t.offset.is_multiple_of(16) || max_rows < STAGE_WIDTH {
+            return None;
+        }
+        let rows = u32::try_from((bytes / 16).div_ceil(u64::from(STAGE_WIDTH))).ok()?;
+        (rows <= max_rows).then_some(rows)
+    }
+
+    /// Whether [`Gpu::launch_textured`] can stage `t` as a texture.
+    pub(crate) fn can_stage(&self, t: &GpuTensor) -> bool {
+        self.stage_rows(t).is_some()
+    }
+
+    /// Records a copy of `t` into staging slot `slot` (grown if needed) and returns its view:
+    /// quad q of the tensor's 32-bit words (from its first) is texel (q % STAGE_WIDTH,
+    /// q / STAGE_WIDTH) of an Rgba32Uint texture. The caller holds the staging lock until the
+    /// launch that reads it is recorded; the next copy into the slot is ordered after it.
+    fn stage(&self, slots: &mut [Option<Staged>], slot: usize, t: &GpuTensor) -> wgpu::TextureView {
+        let rows = self.stage_rows(t).expect("stage: check can_stage first");
+        let width = u64::from(STAGE_WIDTH);
+        if slots[slot].as_ref().is_none_or(|s| s.rows < rows) {
+            // Grow by powers of two so that a run settles on one texture per slot.
+            let cap = rows
+                .next_power_of_two()
+                .min(self.limits.max_texture_dimension_2d);
+            if let Some(old) = slots[slot].take() {
+                self.usage.sub(u64::from(old.rows) * width * 16);
+            }
+            self.usage.add(u64::from(cap) * width * 16);
+            slots[slot] = Some(Staged {
+                view: staging_texture(&self.device, STAGE_WIDTH, cap),
+                rows: cap,
+            });
+        }
+        let view = slots[slot].as_ref().unwrap().view.clone();
+        let texture = view.texture();
+        let quads = t.byte_size() / 16;
+        let (full, tail) = ((quads / width) as u32, (quads % width) as u32);
+        self.with_encoder(|e| {
+            let mut copy = |offset: u64, y: u32, w: u32, h: u32| {
+                e.copy_buffer_to_texture(
+                    wgpu::TexelCopyBufferInfo {
+                        buffer: &t.buffer,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset,
+                            bytes_per_row: Some(STAGE_WIDTH * 16),
+                            rows_per_image: None,
+                        },
+                    },
+                    wgpu::TexelCopyTextureInfo {
+                        texture,
+                        mip_level: 0,
+                        origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                        aspect: wgpu::TextureAspect::All,
+                    },
+                    wgpu::Extent3d {
+                        width: w,
+                        height: h,
+                        depth_or_array_layers: 1,
+                    },
+                )
+            };
+            if full > 0 {
+                copy(t.offset, 0, STAGE_WIDTH, full);
+            }
+            if tail > 0 {
+                copy(t.offset + u64::from(full) * width * 16, full, tail, 1);
+            }
+        });
+        view
     }
 
     /// The family's module and reflection, expanded, checked and compiled once per process.
@@ -252,11 +365,12 @@ impl Gpu {
         overrides: &[(&'static str, f64)],
         params_size: usize,
         bindings: &[u32],
+        textures: &[u32],
     ) -> Result<Arc<wgpu::ComputePipeline>, String> {
         let family = self.family(shader)?;
         family
             .reflection
-            .check(entry, params_size, bindings, overrides)?;
+            .check(entry, params_size, bindings, textures, overrides)?;
         let key: PipelineKey = (
             shader.name,
             entry,
@@ -295,14 +409,61 @@ impl Gpu {
         tensors: &[(u32, &GpuTensor)],
         workgroups: [u32; 3],
     ) {
+        self.launch_textured(shader, entry, overrides, params, tensors, &[], workgroups)
+    }
+
+    /// [`Gpu::launch`] with texture bindings as well: `(binding, Some(t))` stages tensor `t`
+    /// (which [`Gpu::can_stage`] must accept) into a texture for this launch, `(binding, None)`
+    /// binds a placeholder. llvmpipe fetches a texel for 8 lanes without the per-lane loop,
+    /// masks and bounds checks of a storage-buffer load: a quad costs about a fifth as much
+    /// (`vitgpu bench` prints both read rates, from `roof_read`). Staging copies the tensor, so
+    /// it pays only for operands read many times (matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_textured<P: bytemuck::Pod>(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        overrides: &[(&'static str, f64)],
+        params: &P,
+        tensors: &[(u32, &GpuTensor)],
+        textures: &[(u32, Option<&GpuTensor>)],
+        workgroups: [u32; 3],
+    ) {
+        // Held until the launch is recorded, so that no other thread's staging lands between
+        // this launch's copies and its dispatch.
+        let mut slots = self.staging.lock().unwrap();
+        let mut staged: Vec<(&GpuTensor, wgpu::TextureView)> = Vec::new();
+        let mut views: Vec<(u32, wgpu::TextureView)> = Vec::new();
+        for &(binding, t) in textures {
+            let view = match t {
+                None => self.dummy_texture.clone(),
+                // One copy for an operand bound twice (attention's q·kᵀ reads qkv twice).
+                Some(t) => match staged.iter().find(|(s, _)| s.same_view(t)) {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        assert!(
+                            staged.len() < STAGE_SLOTS,
+                            "launch_textured: too many textures"
+                        );
+                        let v = self.stage(&mut slots[..], staged.len(), t);
+                        staged.push((t, v.clone()));
+                        v
+                    }
+                },
+            };
+            views.push((binding, view));
+        }
+        let textures: Vec<(u32, &wgpu::TextureView)> = views.iter().map(|(b, v)| (*b, v)).collect();
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(
             workgroups.iter().all(|&w| w <= max),
             "{entry}: dispatch {workgroups:?} exceeds the adapter's {max} workgroups per dimension"
         );
         let bindings: Vec<u32> = tensors.iter().map(|(b, _)| *b).collect();
+        let tex_bindings: Vec<u32> = textures.iter().map(|(b, _)| *b).collect();
         let size = std::mem::size_of::<P>();
-        let pipeline = match self.pipeline(shader, entry, overrides, size, &bindings) {
+        let pipeline = match self.pipeline(shader, entry, overrides, size, &bindings, &tex_bindings)
+        {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("kernel {}/{entry}: {e}", shader.name);
@@ -339,6 +500,10 @@ impl Gpu {
         entries.extend(tensors.iter().map(|(b, t)| wgpu::BindGroupEntry {
             binding: *b,
             resource: t.binding(),
+        }));
+        entries.extend(textures.iter().map(|(b, v)| wgpu::BindGroupEntry {
+            binding: *b,
+            resource: wgpu::BindingResource::TextureView(v),
         }));
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),

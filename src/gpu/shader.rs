@@ -177,6 +177,8 @@ pub struct EntryLayout {
     pub params_size: Option<u32>,
     /// Storage bindings the entry point uses, ascending.
     pub storage: Vec<u32>,
+    /// Texture bindings the entry point uses, ascending.
+    pub textures: Vec<u32>,
 }
 
 /// A family's entry points and override names, from naga.
@@ -212,6 +214,7 @@ impl Reflection {
                         layout.params_size = Some(module.types[g.ty].inner.size(module.to_ctx()));
                     }
                     naga::AddressSpace::Storage { .. } => layout.storage.push(rb.binding),
+                    naga::AddressSpace::Handle => layout.textures.push(rb.binding),
                     _ => {}
                 }
             }
@@ -233,6 +236,7 @@ impl Reflection {
         entry: &str,
         params_size: usize,
         bindings: &[u32],
+        textures: &[u32],
         overrides: &[(&str, f64)],
     ) -> Result<(), String> {
         let Some(layout) = self.entries.get(entry) else {
@@ -251,6 +255,14 @@ impl Reflection {
             return Err(format!(
                 "the launcher binds storage {bound:?}, the shader uses {:?}",
                 layout.storage
+            ));
+        }
+        let mut bound = textures.to_vec();
+        bound.sort_unstable();
+        if bound != layout.textures {
+            return Err(format!(
+                "the launcher binds textures {bound:?}, the shader uses {:?}",
+                layout.textures
             ));
         }
         if let Some((name, _)) = overrides.iter().find(|(k, _)| !self.overrides.contains(*k)) {
@@ -282,6 +294,11 @@ fn only_z(@builtin(global_invocation_id) gid: vec3<u32>) {
     st_z(gid.x, ld_z(gid.x), 0.0, false);
     st4_z(0u, 0u, 2u, ld4_z(0u, 0u, 2u));
 }
+@group(0) @binding(5) var T: texture_2d<u32>;
+@compute @workgroup_size(64)
+fn from_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
+    st_z(gid.x, bitcast<f32>(textureLoad(T, vec2<u32>(gid.x, 0u), 0).x), 0.0, false);
+}
 ";
 
     #[test]
@@ -309,15 +326,23 @@ fn only_z(@builtin(global_invocation_id) gid: vec3<u32>) {
         assert_eq!(r.entries["copy"].params_size, Some(16));
         assert_eq!(r.entries["only_z"].storage, vec![3]);
         assert_eq!(r.entries["only_z"].params_size, None);
-        assert!(r.check("copy", 16, &[2, 1], &[("X_F16", 1.0)]).is_ok());
-        let e = r.check("copy", 32, &[1, 2], &[]).unwrap_err();
+        assert!(r.check("copy", 16, &[2, 1], &[], &[("X_F16", 1.0)]).is_ok());
+        let e = r.check("copy", 32, &[1, 2], &[], &[]).unwrap_err();
         assert!(e.contains("32 bytes") && e.contains("16"), "{e}");
-        let e = r.check("copy", 16, &[1, 3], &[]).unwrap_err();
+        let e = r.check("copy", 16, &[1, 3], &[], &[]).unwrap_err();
         assert!(e.contains("[1, 3]") && e.contains("[1, 2]"), "{e}");
-        assert!(r.check("copy", 16, &[1], &[]).is_err());
-        let e = r.check("copy", 16, &[1, 2], &[("W_F16", 0.0)]).unwrap_err();
+        assert!(r.check("copy", 16, &[1], &[], &[]).is_err());
+        let e = r
+            .check("copy", 16, &[1, 2], &[], &[("W_F16", 0.0)])
+            .unwrap_err();
         assert!(e.contains("W_F16"), "{e}");
-        assert!(r.check("nope", 16, &[], &[]).is_err());
+        assert!(r.check("nope", 16, &[], &[], &[]).is_err());
+        // Textures are checked like storage.
+        assert_eq!(r.entries["from_texture"].textures, vec![5]);
+        assert!(r.check("from_texture", 16, &[3], &[5], &[]).is_ok());
+        let e = r.check("from_texture", 16, &[3], &[], &[]).unwrap_err();
+        assert!(e.contains("textures []") && e.contains("[5]"), "{e}");
+        assert!(r.check("copy", 16, &[1, 2], &[5], &[]).is_err());
     }
 
     /// Every family parses, validates and declares its tensors (a typo fails here, not at run time).

@@ -22,7 +22,7 @@ impl Usage {
         let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
     }
-    fn sub(&self, bytes: u64) {
+    pub(crate) fn sub(&self, bytes: u64) {
         self.current.fetch_sub(bytes, Ordering::Relaxed);
     }
     /// (current, peak) bytes.
@@ -158,6 +158,12 @@ impl GpuTensor {
             offset: self.offset,
             size: wgpu::BufferSize::new(self.byte_size()),
         })
+    }
+    /// Whether `other` views the same bytes of the same buffer.
+    pub fn same_view(&self, other: &GpuTensor) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer)
+            && self.offset == other.offset
+            && self.byte_size() == other.byte_size()
     }
     /// Number of elements.
     pub fn numel(&self) -> usize {

@@ -196,16 +196,49 @@ fn launch_sg(
     } else {
         0
     };
+    // A in quads along K (x·Wᵀ, dY·W) or along M (dYᵀ·X), and B in its quads, from staged
+    // textures where the operand is f32 and fits one.
+    let stage = |t: &GpuTensor| {
+        STAGE.with(|c| c.get()) && t.dtype == crate::gpu::DType::F32 && gpu.can_stage(t)
+    };
+    let [a_off, a_so, a_si] = mm.a;
+    let a_starts = a_off | a_so | a_si;
+    let a_mode = if !stage(a) {
+        0
+    } else if mm.a_sk == 1 && (a_starts | mm.a_sm | mm.k) & 3 == 0 {
+        1
+    } else if mm.a_sm == 1 && (a_starts | mm.a_sk | mm.m) & 3 == 0 {
+        2
+    } else {
+        0
+    };
+    let b_tex = matches!(mode, 1 | 2) && stage(b);
     let mut ov = overrides.to_vec();
     ov.push(("B_MODE", mode as f64));
-    gpu.launch(
+    ov.push(("A_MODE", a_mode as f64));
+    ov.push(("B_TEX", flag(b_tex)));
+    gpu.launch_textured(
         &shader!("matmul_sg" after "matmul"),
         "matmul_forward_sg",
         &ov,
         mm,
         &[(1, a), (2, b), (3, bias), (4, c), (6, b)],
+        &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
     );
+}
+
+thread_local! {
+    static STAGE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with the subgroup matmul on this thread reading its operands from storage buffers
+/// only, never from staged textures (tests run both ways; the bench compares them).
+pub fn without_textures<R>(f: impl FnOnce() -> R) -> R {
+    let prev = STAGE.with(|c| c.replace(false));
+    let r = f();
+    STAGE.with(|c| c.set(prev));
+    r
 }
 
 /// One operand of a batched product: element (row r, column c) of batch (o, i) lies at

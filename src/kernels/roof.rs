@@ -1,7 +1,7 @@
 //! Roof micro-kernels (`shaders/roof.wgsl`): the adapter's peak FMA rate and copy bandwidth,
 //! against which `vitgpu bench` reports each kernel's fraction of the roof.
 
-use super::common::grid;
+use super::common::{flag, grid};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -63,6 +63,46 @@ pub fn roof_copy(gpu: &Gpu, dst: &GpuTensor, src: &GpuTensor) {
         &[(1, src), (2, dst)],
         grid(n.div_ceil(WG)),
     );
+}
+
+/// `dst` (a vec4 per invocation, f32) receives the sum of `iters` quads of `src` (f32, a
+/// multiple of 4 elements) per invocation, quad `(i + t·invocations) % quads` at step t: read
+/// from `src` itself, or with `texture` from `src` staged as a texture.
+pub fn roof_read(gpu: &Gpu, dst: &GpuTensor, src: &GpuTensor, iters: usize, texture: bool) {
+    assert!(src.numel().is_multiple_of(4) && dst.numel().is_multiple_of(4 * WG as usize));
+    assert!(
+        !texture || gpu.can_stage(src),
+        "roof_read: src does not fit a texture"
+    );
+    let p = RoofParams {
+        n: (src.numel() / 4) as u32,
+        iters: iters as u32,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let invocations = (dst.numel() / 4) as u32;
+    gpu.launch_textured(
+        &shader!("roof"),
+        "roof_read",
+        &[("WG", WG as f64), ("READ_TEX", flag(texture))],
+        &p,
+        &[(1, src), (2, dst)],
+        &[(3, texture.then_some(src))],
+        [invocations / WG, 1, 1],
+    );
+}
+
+/// Sum of [`roof_read`]'s invocation `i` on host data.
+pub fn roof_read_cpu(src: &[f32], invocations: usize, iters: usize, i: usize) -> [f32; 4] {
+    let quads = src.len() / 4;
+    let mut s = [0.0; 4];
+    for t in 0..iters {
+        let q = (i + t * invocations) % quads;
+        for (c, v) in s.iter_mut().enumerate() {
+            *v += src[4 * q + c];
+        }
+    }
+    s
 }
 
 /// CPU reference of one invocation of [`roof_fma`] (f64 chains; the GPU's f32 result agrees

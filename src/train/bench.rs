@@ -98,6 +98,10 @@ pub struct Roof {
     pub fma_gflops: f64,
     /// Copy bandwidth, bytes read plus written (the `roof_copy` kernel).
     pub copy_gbs: f64,
+    /// Read rate of quads from a storage buffer (the `roof_read` kernel).
+    pub read_storage_gbs: f64,
+    /// Read rate of the same quads from a staged texture (None where textures are not used).
+    pub read_texture_gbs: Option<f64>,
 }
 
 /// Measures the FMA and copy roofs (each a fraction of a second on lavapipe).
@@ -122,9 +126,29 @@ pub fn roof(gpu: &Gpu, iters: usize) -> Result<Roof> {
         Ok(())
     })?;
     let copy_gbs = 2.0 * (len * 4) as f64 / 1e9 / (ms / 1e3);
+    // Reads: each invocation sums `read_iters` quads of a 4 MiB (software) buffer.
+    let read_iters = if gpu.is_software() { 64 } else { 1024 };
+    let src = gpu.alloc(&[1 << 20], DType::F32)?;
+    let read_gbs = |texture: bool| -> Result<f64> {
+        let ms = time_ms(gpu, iters, || {
+            kernels::roof::roof_read(gpu, &out, &src, read_iters, texture);
+            Ok(())
+        })?;
+        Ok((n * read_iters * 16) as f64 / 1e9 / (ms / 1e3))
+    };
+    let read_storage_gbs = read_gbs(false)?;
+    // Only the subgroup matmul of software adapters stages textures.
+    let uses_textures =
+        kernels::matmul::plan(gpu, 64, 64, 64) == kernels::matmul::Variant::Subgroup;
+    let read_texture_gbs = match uses_textures && gpu.can_stage(&src) {
+        true => Some(read_gbs(true)?),
+        false => None,
+    };
     Ok(Roof {
         fma_gflops,
         copy_gbs,
+        read_storage_gbs,
+        read_texture_gbs,
     })
 }
 
@@ -170,6 +194,23 @@ pub fn kernel_rows(
         ms,
         flops,
     ));
+    if kernels::matmul::plan(gpu, m as u32, 3 * c as u32, c as u32)
+        == kernels::matmul::Variant::Subgroup
+    {
+        // The same product with the operands read from storage buffers instead of staged
+        // textures: what staging buys on this adapter, in the same run.
+        let ms = kernels::matmul::without_textures(|| {
+            time_ms(gpu, iters, || {
+                kernels::matmul::linear_forward(gpu, &qkv2, &x, &w_qkv, Some(&b_qkv), Act::None);
+                Ok(())
+            })
+        })?;
+        rows.push(Row::flops(
+            "matmul qkv fwd, storage reads only".into(),
+            ms,
+            flops,
+        ));
+    }
     let w1 = rand(gpu, &[i, c], dt, 4)?;
     let b1 = rand(gpu, &[i], dt, 5)?;
     let h = gpu.alloc(&[m, i], dt)?;

@@ -302,6 +302,13 @@ fn attention_matches_cpu_on_awkward_shapes_default_path() {
     attention_matches_cpu_on_awkward_shapes();
 }
 
+/// The matmul path with its products on storage reads only (the default stages f32 operands
+/// as textures where their layout allows).
+#[test]
+fn attention_matches_cpu_on_awkward_shapes_buffers() {
+    vitgpu::kernels::matmul::without_textures(attention_matches_cpu_on_awkward_shapes);
+}
+
 #[test]
 fn attention_matches_cpu_on_awkward_shapes_flash() {
     with_flash(attention_matches_cpu_on_awkward_shapes);

@@ -19,6 +19,8 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
         // K and N multiples of 4: the subgroup kernel's quad reads of B (K quads here; N
         // quads in the backward's second shape).
         (45, 36, 20, Act::Gelu),
+        // More than one 4096-texel row of a staging texture, and a partial last row.
+        (300, 68, 72, Act::None),
     ] {
         let x = rand_vec(m * k, 1, 1.0);
         let w = rand_vec(n * k, 2, 1.0);
@@ -241,6 +243,19 @@ fn linear_f16_storage_within_half_precision_subgroup() {
 #[test]
 fn linear_matches_pytorch_fixture_subgroup() {
     on_subgroup_kernel(linear_matches_pytorch_fixture);
+}
+
+// The subgroup kernel reads f32 operands from staged textures where their layout allows
+// (A and B in quads along K, A along M, B along N); these run it on storage reads only, as
+// it runs for f16 and for operands that do not fit a texture.
+#[test]
+fn linear_forward_matches_cpu_on_awkward_shapes_subgroup_buffers() {
+    on_subgroup_kernel(|| without_textures(linear_forward_matches_cpu_on_awkward_shapes));
+}
+
+#[test]
+fn linear_backward_matches_cpu_subgroup_buffers() {
+    on_subgroup_kernel(|| without_textures(linear_backward_matches_cpu));
 }
 
 #[test]

@@ -529,4 +529,26 @@ fn roof_kernels_compute_what_they_count() {
     let dst = gpu.alloc(&[4 * 777], DType::F32).unwrap();
     roof_copy(gpu, &dst, &src);
     assert_eq!(gpu.read(&dst).unwrap(), src_v);
+    // Reads, from the buffer and from it staged as a texture (5000 quads: one full 4096-texel
+    // row and part of a second): sums of 7 values of O(1), f32 rounding far below 1e-5.
+    let quads = 5000;
+    let src_v = rand_vec(4 * quads, 4, 1.0);
+    let src = gpu.upload(&src_v, &[4 * quads], DType::F32).unwrap();
+    let (inv, iters) = (2048, 7);
+    let dst = gpu.alloc(&[4 * inv], DType::F32).unwrap();
+    let want: Vec<f32> = (0..inv)
+        .flat_map(|i| roof_read_cpu(&src_v, inv, iters, i))
+        .collect();
+    for texture in [false, true] {
+        gpu.zero(&dst);
+        roof_read(gpu, &dst, &src, iters, texture);
+        let got = gpu.read(&dst).unwrap();
+        assert_close(
+            &format!("roof_read texture={texture}"),
+            &got,
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
 }
