@@ -62,15 +62,20 @@ fn store_tile(m0: u32, n0: u32) {
 // Bias, activation, accumulate and store of C[n] and C[n + 1] (when n + 1 < N) of the row of C
 // starting at element `row`.
 fn epilogue2(row: u32, n: u32, s0: f32, s1: f32) {
-    let has1 = n + 1u < p.n;
     var v0 = s0;
     var v1 = s1;
     if (HAS_BIAS) {
         v0 += ld_bias(n);
-        if (has1) { v1 += ld_bias(n + 1u); }
+        if (n + 1u < p.n) { v1 += ld_bias(n + 1u); }
     }
-    v0 = activate(v0, ACT);
-    v1 = activate(v1, ACT);
+    finish2(row, n, v0, v1);
+}
+
+// The epilogue after the bias: activation, accumulate and store.
+fn finish2(row: u32, n: u32, s0: f32, s1: f32) {
+    let has1 = n + 1u < p.n;
+    var v0 = activate(s0, ACT);
+    var v1 = activate(s1, ACT);
     let idx = row + n;
     if (ACCUM) {
         v0 += ld_c(idx);

@@ -109,13 +109,21 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
         kstep(k0, 6u, nb);
         kstep(k0, 7u, nb);
     }
+    // The lane's bias columns, loaded once rather than once per row: each load is a loop over
+    // the lanes on llvmpipe, and at K = 64 the epilogue's loads cost as much as the K loop.
+    for (var j = 0u; j < SG_RN; j++) {
+        let n = min(nb + 2u * j, p.n - 1u);
+        bv[j] = vec2<f32>(0.0);
+        if (HAS_BIAS) { bv[j] = vec2<f32>(ld_bias(n), ld_bias(min(n + 1u, p.n - 1u))); }
+    }
     // Row by row, shifting the next row into acc_sg[0..SG_RN] so that every index into acc_sg stays
     // a constant even where Mesa keeps this loop rolled (its body is large with GELU).
     for (var i = 0u; i < SG_RM; i++) {
         let m = m0 + i;
         for (var j = 0u; j < SG_RN; j++) {
             let n = nb + 2u * j;
-            if (m < p.m && n < p.n) { epilogue2(c0 + m * p.c_sm, n, acc_sg[j].x, acc_sg[j].y); }
+            let v = acc_sg[j] + bv[j];
+            if (m < p.m && n < p.n) { finish2(c0 + m * p.c_sm, n, v.x, v.y); }
         }
         for (var t = 0u; t < (SG_RM - 1u) * SG_RN; t++) { acc_sg[t] = acc_sg[t + SG_RN]; }
     }
