@@ -22,6 +22,10 @@ override B_TEX: bool = false;
 // storage load, so a quad costs about a fifth as much. Bound to a placeholder when unused.
 @group(0) @binding(7) var A_TEX: texture_2d<u32>;
 @group(0) @binding(8) var B_TEX_T: texture_2d<u32>;
+// f32 C with N % 4 == 0 (and rows starting at multiples of 4): the epilogue stores (and, with
+// ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
+override C_QUADS: bool = false;
+@group(0) @binding(9) var<storage, read_write> C4: array<vec4<u32>>;
 // STAGE_WIDTH in gpu/mod.rs.
 const TEX_SHIFT: u32 = 12u;
 
@@ -120,10 +124,20 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     // a constant even where Mesa keeps this loop rolled (its body is large with GELU).
     for (var i = 0u; i < SG_RM; i++) {
         let m = m0 + i;
-        for (var j = 0u; j < SG_RN; j++) {
-            let n = nb + 2u * j;
-            let v = acc_sg[j] + bv[j];
-            if (m < p.m && n < p.n) { finish2(c0 + m * p.c_sm, n, v.x, v.y); }
+        if (C_QUADS) {
+            let s = vec4<f32>(acc_sg[0] + bv[0], acc_sg[1] + bv[1]);
+            var v = vec4<f32>(activate(s.x, ACT), activate(s.y, ACT), activate(s.z, ACT), activate(s.w, ACT));
+            let q = (c0 + m * p.c_sm + nb) >> 2u;
+            if (m < p.m && nb < p.n) {
+                if (ACCUM) { v += bitcast<vec4<f32>>(C4[q]); }
+                C4[q] = bitcast<vec4<u32>>(v);
+            }
+        } else {
+            for (var j = 0u; j < SG_RN; j++) {
+                let n = nb + 2u * j;
+                let v = acc_sg[j] + bv[j];
+                if (m < p.m && n < p.n) { finish2(c0 + m * p.c_sm, n, v.x, v.y); }
+            }
         }
         for (var t = 0u; t < (SG_RM - 1u) * SG_RN; t++) { acc_sg[t] = acc_sg[t + SG_RN]; }
     }

@@ -213,7 +213,13 @@ fn launch_sg(
         0
     };
     let b_tex = matches!(mode, 1 | 2) && stage(b);
+    let [c_off, c_so, c_si] = mm.c;
+    let c_quads = STAGE.with(|c| c.get())
+        && c.dtype == crate::gpu::DType::F32
+        && (c_off | c_so | c_si | mm.c_sm | mm.n) & 3 == 0
+        && c.offset.is_multiple_of(16);
     let mut ov = overrides.to_vec();
+    ov.push(("C_QUADS", flag(c_quads)));
     ov.push(("B_MODE", mode as f64));
     ov.push(("A_MODE", a_mode as f64));
     ov.push(("B_TEX", flag(b_tex)));
@@ -222,7 +228,7 @@ fn launch_sg(
         "matmul_forward_sg",
         &ov,
         mm,
-        &[(1, a), (2, b), (3, bias), (4, c), (6, b)],
+        &[(1, a), (2, b), (3, bias), (4, c), (6, b), (9, c)],
         &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
     );
