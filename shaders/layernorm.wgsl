@@ -103,6 +103,13 @@ fn layernorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// The row kernels' f32 operands staged as textures (TEX, cols % 4 == 0): quads fetched for all
+// lanes at once on llvmpipe instead of a loop over the lanes per load.
+override TEX: bool = false;
+@group(0) @binding(12) var XT: texture_2d<u32>;
+@group(0) @binding(13) var WT: texture_2d<u32>;
+@group(0) @binding(14) var BT: texture_2d<u32>;
+
 // Software adapters: one invocation per row and no barriers. llvmpipe runs a workgroup's
 // invocations as SIMD lanes and every barrier as a coroutine switch of each of them, which
 // made the workgroup-per-row kernels above cost ~5 µs a row; here a row is one lane's loop.
@@ -112,6 +119,10 @@ fn layernorm_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     let row = flat_id(gid, nwg, WG);
     if (row >= p.rows) { return; }
     let base = row * p.cols;
+    if (TEX) {
+        layernorm_forward_row_tex(row, base);
+        return;
+    }
     var s = 0.0;
     for (var c = 0u; c < p.cols; c++) { s += ld_x(base + c); }
     let mean = s / f32(p.cols);
@@ -132,6 +143,51 @@ fn layernorm_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     RSTD[row] = rstd;
 }
 
+// layernorm_forward_rows on staged X, W and B (Y stored in pairs as above).
+fn layernorm_forward_row_tex(row: u32, base: u32) {
+    let q0 = base >> 2u;
+    let nq = p.cols >> 2u;
+    var s = 0.0;
+    for (var j = 0u; j < nq; j++) { s += dot(tex_quad(XT, q0 + j), vec4<f32>(1.0)); }
+    let mean = s / f32(p.cols);
+    var q = 0.0;
+    for (var j = 0u; j < nq; j++) {
+        let d = tex_quad(XT, q0 + j) - mean;
+        q += dot(d, d);
+    }
+    let rstd = inverseSqrt(q / f32(p.cols) + p.eps);
+    for (var j = 0u; j < nq; j++) {
+        let y = (tex_quad(XT, q0 + j) - mean) * rstd * tex_quad(WT, j) + tex_quad(BT, j);
+        st_y(base + 4u * j, y.x, y.y, true);
+        st_y(base + 4u * j + 2u, y.z, y.w, true);
+    }
+    MEAN[row] = mean;
+    RSTD[row] = rstd;
+}
+
+// layernorm_backward_rows on staged X, W and DY (in XT, WT and BT).
+fn layernorm_backward_row_tex(base: u32, mean: f32, rstd: f32) {
+    let q0 = base >> 2u;
+    let nq = p.cols >> 2u;
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var j = 0u; j < nq; j++) {
+        let g = tex_quad(BT, q0 + j) * tex_quad(WT, j);
+        s1 += dot(g, vec4<f32>(1.0));
+        s2 += dot(g, (tex_quad(XT, q0 + j) - mean) * rstd);
+    }
+    let mg = s1 / f32(p.cols);
+    let mgx = s2 / f32(p.cols);
+    for (var j = 0u; j < nq; j++) {
+        let xh = (tex_quad(XT, q0 + j) - mean) * rstd;
+        var v = rstd * (tex_quad(BT, q0 + j) * tex_quad(WT, j) - mg - xh * mgx);
+        let c = base + 4u * j;
+        if (ACCUM) { v += vec4<f32>(ld_dx(c), ld_dx(c + 1u), ld_dx(c + 2u), ld_dx(c + 3u)); }
+        st_dx(c, v.x, v.y, true);
+        st_dx(c + 2u, v.z, v.w, true);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn layernorm_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
                            @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -140,6 +196,10 @@ fn layernorm_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     let base = row * p.cols;
     let mean = MEAN[row];
     let rstd = RSTD[row];
+    if (TEX) {
+        layernorm_backward_row_tex(base, mean, rstd);
+        return;
+    }
     var s1 = 0.0;
     var s2 = 0.0;
     for (var c = 0u; c < p.cols; c++) {

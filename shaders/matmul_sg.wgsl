@@ -26,12 +26,6 @@ override B_TEX: bool = false;
 // ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
 override C_QUADS: bool = false;
 @group(0) @binding(9) var<storage, read_write> C4: array<vec4<u32>>;
-// STAGE_WIDTH in gpu/mod.rs.
-const TEX_SHIFT: u32 = 12u;
-
-fn tex_quad(t: texture_2d<u32>, q: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(textureLoad(t, vec2<u32>(q & ((1u << TEX_SHIFT) - 1u), q >> TEX_SHIFT), 0));
-}
 
 // Quad q of B's words, from B_TEX_T or B4.
 fn b_quad(q: u32) -> vec4<f32> {

@@ -52,8 +52,7 @@ fn roof_read(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     for (var t = 0u; t < p.iters; t++) {
         let q = (i + t * stride) % p.n;
         if (READ_TEX) {
-            // STAGE_WIDTH (4096) texels per row.
-            s += bitcast<vec4<f32>>(textureLoad(SRC_TEX, vec2<u32>(q & 4095u, q >> 12u), 0));
+            s += tex_quad(SRC_TEX, q);
         } else {
             s += SRC[q];
         }

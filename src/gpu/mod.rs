@@ -101,8 +101,8 @@ pub struct Gpu {
 
 /// Texels per row of a staging texture: quad q of a staged tensor is texel (q % W, q / W).
 pub const STAGE_WIDTH: u32 = 4096;
-/// Staging texture slots (a matmul's A and B).
-pub const STAGE_SLOTS: usize = 2;
+/// Staging texture slots (the most textures one launch stages).
+pub const STAGE_SLOTS: usize = 3;
 
 /// One staging texture and its height in rows.
 struct Staged {

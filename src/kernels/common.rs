@@ -116,3 +116,22 @@ pub(crate) fn grid(groups: u32) -> [u32; 3] {
         [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1]
     }
 }
+
+thread_local! {
+    static STAGE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether kernels on this thread may stage operands as textures (see
+/// `Gpu::launch_textured`); [`without_textures`] turns it off.
+pub(crate) fn staging_on() -> bool {
+    STAGE.with(|c| c.get())
+}
+
+/// Runs `f` with every kernel on this thread reading its operands from storage buffers only,
+/// never from staged textures (tests run both ways; the bench compares them).
+pub fn without_textures<R>(f: impl FnOnce() -> R) -> R {
+    let prev = STAGE.with(|c| c.replace(false));
+    let r = f();
+    STAGE.with(|c| c.set(prev));
+    r
+}

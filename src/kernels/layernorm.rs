@@ -1,7 +1,7 @@
 //! Layer-norm family (`shaders/layernorm.wgsl`): forward with saved statistics, backward.
 
-use super::common::{flag, grid};
-use crate::gpu::{Gpu, GpuTensor};
+use super::common::{flag, grid, staging_on};
+use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
 
@@ -55,6 +55,16 @@ fn per_row(
     }
 }
 
+/// Whether the row kernels read `tensors` from staged textures: all f32 with rows of whole
+/// quads, and each fits a texture (llvmpipe then fetches quads for all lanes at once).
+fn stageable(gpu: &Gpu, cols: usize, tensors: &[&GpuTensor]) -> bool {
+    staging_on()
+        && cols.is_multiple_of(4)
+        && tensors
+            .iter()
+            .all(|t| t.dtype == DType::F32 && gpu.can_stage(t))
+}
+
 /// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
@@ -80,18 +90,26 @@ pub fn layernorm_forward(
         _pad: 0,
     };
     let (entry, wg, groups) = per_row(gpu, "layernorm_forward", "layernorm_forward_rows", rows);
-    let ov = [
+    let tex = row_variant(gpu) && stageable(gpu, cols, &[inp, w, b]);
+    let mut ov = vec![
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
         ("Y_F16", out.dtype.is_f16()),
         ("WG", wg as f64),
     ];
-    gpu.launch(
+    let mut textures = vec![];
+    if row_variant(gpu) {
+        ov.push(("TEX", flag(tex)));
+        let t = |x| tex.then_some(x);
+        textures = vec![(12, t(inp)), (13, t(w)), (14, t(b))];
+    }
+    gpu.launch_textured(
         &shader!("layernorm"),
         entry,
         &ov,
         &p,
         &[(1, inp), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
+        &textures,
         groups,
     );
 }
@@ -118,7 +136,8 @@ pub fn layernorm_backward(
         _pad: 0,
     };
     let (entry, wg, groups) = per_row(gpu, "layernorm_backward", "layernorm_backward_rows", rows);
-    let ov = [
+    let tex = row_variant(gpu) && stageable(gpu, cols, &[inp, w, dout]);
+    let mut ov = vec![
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
         ("DY_F16", dout.dtype.is_f16()),
@@ -126,12 +145,19 @@ pub fn layernorm_backward(
         ("ACCUM", flag(accum)),
         ("WG", wg as f64),
     ];
-    gpu.launch(
+    let mut textures = vec![];
+    if row_variant(gpu) {
+        ov.push(("TEX", flag(tex)));
+        let t = |x| tex.then_some(x);
+        textures = vec![(12, t(inp)), (13, t(w)), (14, t(dout))];
+    }
+    gpu.launch_textured(
         &shader!("layernorm"),
         entry,
         &ov,
         &p,
         &[(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)],
+        &textures,
         groups,
     );
     if let (Some(dw), Some(db)) = (dw, db) {

@@ -1,7 +1,7 @@
 //! Matmul family (`shaders/matmul.wgsl`): linear layers forward and backward, bias gradients.
 
-use super::common::flag;
-pub use super::common::Act;
+use super::common::{flag, staging_on};
+pub use super::common::{without_textures, Act};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -198,9 +198,8 @@ fn launch_sg(
     };
     // A in quads along K (x·Wᵀ, dY·W) or along M (dYᵀ·X), and B in its quads, from staged
     // textures where the operand is f32 and fits one.
-    let stage = |t: &GpuTensor| {
-        STAGE.with(|c| c.get()) && t.dtype == crate::gpu::DType::F32 && gpu.can_stage(t)
-    };
+    let stage =
+        |t: &GpuTensor| staging_on() && t.dtype == crate::gpu::DType::F32 && gpu.can_stage(t);
     let [a_off, a_so, a_si] = mm.a;
     let a_starts = a_off | a_so | a_si;
     let a_mode = if !stage(a) {
@@ -214,7 +213,7 @@ fn launch_sg(
     };
     let b_tex = matches!(mode, 1 | 2) && stage(b);
     let [c_off, c_so, c_si] = mm.c;
-    let c_quads = STAGE.with(|c| c.get())
+    let c_quads = staging_on()
         && c.dtype == crate::gpu::DType::F32
         && (c_off | c_so | c_si | mm.c_sm | mm.n) & 3 == 0
         && c.offset.is_multiple_of(16);
@@ -232,19 +231,6 @@ fn launch_sg(
         &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
     );
-}
-
-thread_local! {
-    static STAGE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
-/// Runs `f` with the subgroup matmul on this thread reading its operands from storage buffers
-/// only, never from staged textures (tests run both ways; the bench compares them).
-pub fn without_textures<R>(f: impl FnOnce() -> R) -> R {
-    let prev = STAGE.with(|c| c.replace(false));
-    let r = f();
-    STAGE.with(|c| c.set(prev));
-    r
 }
 
 /// One operand of a batched product: element (row r, column c) of batch (o, i) lies at

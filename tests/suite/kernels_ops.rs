@@ -34,6 +34,49 @@ fn layernorm_variants_match_pytorch_and_cpu() {
     }
 }
 
+/// The row kernels with their f32 operands staged as textures (cols % 4 == 0) and on storage
+/// reads, against the CPU reference, with the backward accumulating onto a non-zero dx.
+#[test]
+fn layernorm_rows_from_textures_and_storage_match_cpu() {
+    let g = gpu();
+    let (rows, cols) = (9, 64);
+    let x: Vec<f32> = rand_vec(rows * cols, 21, 2.0)
+        .iter()
+        .map(|v| v + 0.3)
+        .collect();
+    let w: Vec<f32> = rand_vec(cols, 22, 0.5).iter().map(|v| v + 1.0).collect();
+    let b = rand_vec(cols, 23, 0.2);
+    let dyv = rand_vec(rows * cols, 24, 1.0);
+    let prev = rand_vec(rows * cols, 25, 1.0);
+    let (want, _, _) = layernorm_forward_cpu(&x, &w, &b, cols, 1e-5);
+    let (wdx, _, _) = layernorm_backward_cpu(&dyv, &x, &w, cols, 1e-5);
+    let wdx: Vec<f32> = wdx.iter().zip(&prev).map(|(d, p)| d + p).collect();
+    let run = || {
+        let up = |v: &[f32], s: &[usize]| g.upload(v, s, DType::F32).unwrap();
+        let (xt, wt, bt) = (up(&x, &[rows, cols]), up(&w, &[cols]), up(&b, &[cols]));
+        let out = g.alloc(&[rows, cols], DType::F32).unwrap();
+        let mean = g.alloc(&[rows], DType::F32).unwrap();
+        let rstd = g.alloc(&[rows], DType::F32).unwrap();
+        layernorm_forward(g, &out, &mean, &rstd, &xt, &wt, &bt, 1e-5);
+        let dx = up(&prev, &[rows, cols]);
+        let dy = up(&dyv, &[rows, cols]);
+        layernorm_backward(g, &dx, None, None, &dy, &xt, &wt, &mean, &rstd, true);
+        (g.read(&out).unwrap(), g.read(&dx).unwrap())
+    };
+    with_row_variant(true, || {
+        for (name, (out, dx)) in [("textures", run()), ("storage", without_textures(run))] {
+            assert_close(&format!("layernorm rows {name}"), &out, &want, ATOL, RTOL);
+            assert_close(
+                &format!("layernorm rows {name} dx (+=)"),
+                &dx,
+                &wdx,
+                ATOL,
+                RTOL,
+            );
+        }
+    });
+}
+
 fn layernorm_matches_pytorch_impl() {
     let g = gpu();
     let f = load_fixture("kernels.safetensors");
