@@ -181,8 +181,23 @@ fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // The bias gradient in one pass, one invocation per column pair summing every row: software
 // adapters, where a launch costs more than the lost parallelism (vitgpu there runs 2–16
 // threads, not thousands).
+// BIAS_TEX (f32 dY with N % 4 == 0, software adapters): dY staged as a texture, 4 columns per
+// invocation read as one quad per row (a texel fetch for all lanes at once on llvmpipe).
+override BIAS_TEX: bool = false;
+@group(0) @binding(7) var DYT: texture_2d<u32>;
+
 @compute @workgroup_size(WG_COLS)
 fn matmul_bias_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (BIAS_TEX) {
+        let n = gid.x * 4u;
+        if (n >= p.n) { return; }
+        var s = vec4<f32>(0.0);
+        for (var m = 0u; m < p.m; m++) { s += tex_quad(DYT, (m * p.n + n) >> 2u); }
+        if (ACCUM) { s += vec4<f32>(ld_c(n), ld_c(n + 1u), ld_c(n + 2u), ld_c(n + 3u)); }
+        st_c(n, s.x, s.y, true);
+        st_c(n + 2u, s.z, s.w, true);
+        return;
+    }
     let n = gid.x * 2u;
     if (n >= p.n) { return; }
     let has1 = n + 1u < p.n;

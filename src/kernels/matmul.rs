@@ -471,18 +471,31 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         Variant::Direct | Variant::Subgroup
     ) {
         // Software adapters: one launch (the two-pass split only buys parallelism).
+        let tex = staging_on()
+            && dy.dtype == crate::gpu::DType::F32
+            && n.is_multiple_of(4)
+            && gpu.can_stage(dy);
         let overrides = [
             ("A_F16", dy.dtype.is_f16()),
             ("C_F16", db.dtype.is_f16()),
             ("ACCUM", flag(accum)),
+            ("BIAS_TEX", flag(tex)),
+            // One subgroup per workgroup with quads: the demo's 64 columns make 2 workgroups,
+            // so both threads of a 2-core machine get one.
+            ("WG_COLS", if tex { 8.0 } else { 64.0 }),
         ];
-        gpu.launch(
+        let groups = match tex {
+            true => (n as u32).div_ceil(4).div_ceil(8),
+            false => cols,
+        };
+        gpu.launch_textured(
             &shader!("matmul"),
             "matmul_bias_direct",
             &overrides,
             &p,
             &[(1, dy), (4, db)],
-            [cols, 1, 1],
+            &[(7, tex.then_some(dy))],
+            [groups, 1, 1],
         );
         return;
     }
