@@ -16,6 +16,11 @@ struct Params {
 override ACT: u32 = 1u;
 override ACCUM: bool = false;
 override WG: u32 = 256u;
+// Software adapters, f32 with n % 4 == 0: X (and DY) staged as textures, 4 elements per
+// invocation read as quads (a texel fetch for all lanes at once on llvmpipe).
+override TEX: bool = false;
+@group(0) @binding(5) var XT: texture_2d<u32>;
+@group(0) @binding(6) var DYT: texture_2d<u32>;
 
 // Each thread owns elements 2i and 2i+1, so packed f16 words are written whole.
 @compute @workgroup_size(WG)
@@ -31,6 +36,18 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 
 @compute @workgroup_size(WG)
 fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (TEX) {
+        let q = flat_id(gid, nwg, WG);
+        let i = q * 4u;
+        if (i >= p.n) { return; }
+        let x = tex_quad(XT, q);
+        var d = tex_quad(DYT, q) * vec4<f32>(activate_grad(x.x, ACT), activate_grad(x.y, ACT),
+                                             activate_grad(x.z, ACT), activate_grad(x.w, ACT));
+        if (ACCUM) { d += vec4<f32>(ld_dx(i), ld_dx(i + 1u), ld_dx(i + 2u), ld_dx(i + 3u)); }
+        st_dx(i, d.x, d.y, true);
+        st_dx(i + 2u, d.z, d.w, true);
+        return;
+    }
     let i = flat_id(gid, nwg, WG) * 2u;
     if (i >= p.n) { return; }
     let has1 = i + 1u < p.n;

@@ -1,8 +1,8 @@
 //! GELU family (`shaders/gelu.wgsl`): standalone activation forward/backward (training keeps
 //! the pre-activation; inference fuses GELU into the matmul epilogue instead).
 
-use super::common::{flag, grid, Act, ElementwiseParams};
-use crate::gpu::{Gpu, GpuTensor};
+use super::common::{flag, grid, staging_on, Act, ElementwiseParams};
+use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 
 const WG: u32 = 256;
@@ -48,13 +48,24 @@ pub fn gelu_backward(
         ("WG", WG as f64),
     ];
     let p = ElementwiseParams::new(inp.numel());
-    gpu.launch(
+    // Software adapters read f32 operands as staged quads (see `Gpu::launch_textured`).
+    let tex = gpu.is_software()
+        && staging_on()
+        && n.is_multiple_of(4)
+        && [inp, dout]
+            .iter()
+            .all(|t| t.dtype == DType::F32 && gpu.can_stage(t));
+    let mut ov = ov.to_vec();
+    ov.push(("TEX", flag(tex)));
+    let per = if tex { 4 } else { 2 };
+    gpu.launch_textured(
         &shader!("gelu"),
         "gelu_backward",
         &ov,
         &p,
         &[(1, inp), (3, dout), (4, dinp)],
-        grid(n.div_ceil(2).div_ceil(WG)),
+        &[(5, tex.then_some(inp)), (6, tex.then_some(dout))],
+        grid(n.div_ceil(per).div_ceil(WG)),
     );
 }
 

@@ -223,6 +223,58 @@ fn gelu_matches_pytorch() {
     }
 }
 
+/// The GELU backward with its f32 operands staged as quads (n % 4 == 0, software adapters)
+/// and on storage reads, accumulating onto a non-zero dx, against the CPU derivative (f64;
+/// f32 rounding of O(1) values stays below 1e-5).
+#[test]
+fn gelu_backward_from_textures_and_storage_match_cpu() {
+    let g = gpu();
+    for n in [1000usize, 1001] {
+        let x = rand_vec(n, 31, 3.0);
+        let dyv = rand_vec(n, 32, 1.0);
+        let prev = rand_vec(n, 33, 1.0);
+        for act in [Act::Gelu, Act::GeluTanh] {
+            let want: Vec<f32> = (0..n).map(|i| prev[i] + dyv[i] * act.grad(x[i])).collect();
+            let run = || {
+                let xt = g.upload(&x, &[n], DType::F32).unwrap();
+                let dy = g.upload(&dyv, &[n], DType::F32).unwrap();
+                let dx = g.upload(&prev, &[n], DType::F32).unwrap();
+                gelu_backward(g, &dx, &dy, &xt, act, true);
+                g.read(&dx).unwrap()
+            };
+            for (name, got) in [("textures", run()), ("storage", without_textures(run))] {
+                assert_close(
+                    &format!("gelu_backward {n} {act:?} {name}"),
+                    &got,
+                    &want,
+                    1e-5,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+/// `accumulate` without `accum` is a copy (a buffer copy for f32, the kernel for f16 casts).
+#[test]
+fn accumulate_without_accum_copies_and_casts() {
+    let g = gpu();
+    let n = 1001;
+    let a = rand_vec(n, 41, 1.0);
+    let at = g.upload(&a, &[n], DType::F32).unwrap();
+    for (dt, tol) in [(DType::F32, 0.0f32), (DType::F16, 1e-3)] {
+        let out = g.upload(&vec![5.0; n], &[n], dt).unwrap();
+        accumulate(g, &out, &at, false);
+        assert_close(
+            &format!("copy into {dt:?}"),
+            &g.read(&out).unwrap(),
+            &a,
+            tol,
+            1e-3,
+        );
+    }
+}
+
 #[test]
 fn residual_add_and_accumulate() {
     let g = gpu();
