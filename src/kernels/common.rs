@@ -127,6 +127,15 @@ pub(crate) fn staging_on() -> bool {
     STAGE.with(|c| c.get())
 }
 
+/// Whether a kernel reads `tensors` from staged textures: staging is on, and each is f32 and
+/// fits a texture (`Gpu::can_stage`). The caller checks its own layout conditions.
+pub(crate) fn stageable(gpu: &crate::gpu::Gpu, tensors: &[&crate::gpu::GpuTensor]) -> bool {
+    staging_on()
+        && tensors
+            .iter()
+            .all(|t| t.dtype == crate::gpu::DType::F32 && gpu.can_stage(t))
+}
+
 /// Runs `f` with every kernel on this thread reading its operands from storage buffers only,
 /// never from staged textures (tests run both ways; the bench compares them).
 pub fn without_textures<R>(f: impl FnOnce() -> R) -> R {

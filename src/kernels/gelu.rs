@@ -1,8 +1,8 @@
 //! GELU family (`shaders/gelu.wgsl`): standalone activation forward/backward (training keeps
 //! the pre-activation; inference fuses GELU into the matmul epilogue instead).
 
-use super::common::{flag, grid, staging_on, Act, ElementwiseParams};
-use crate::gpu::{DType, Gpu, GpuTensor};
+use super::common::{flag, grid, stageable, Act, ElementwiseParams};
+use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 
 const WG: u32 = 256;
@@ -49,12 +49,7 @@ pub fn gelu_backward(
     ];
     let p = ElementwiseParams::new(inp.numel());
     // Software adapters read f32 operands as staged quads (see `Gpu::launch_textured`).
-    let tex = gpu.is_software()
-        && staging_on()
-        && n.is_multiple_of(4)
-        && [inp, dout]
-            .iter()
-            .all(|t| t.dtype == DType::F32 && gpu.can_stage(t));
+    let tex = gpu.is_software() && n.is_multiple_of(4) && stageable(gpu, &[inp, dout]);
     let mut ov = ov.to_vec();
     ov.push(("TEX", flag(tex)));
     let per = if tex { 4 } else { 2 };

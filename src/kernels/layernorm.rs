@@ -1,7 +1,7 @@
 //! Layer-norm family (`shaders/layernorm.wgsl`): forward with saved statistics, backward.
 
-use super::common::{flag, grid, staging_on};
-use crate::gpu::{DType, Gpu, GpuTensor};
+use super::common::{flag, grid, stageable};
+use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
 
@@ -55,14 +55,21 @@ fn per_row(
     }
 }
 
-/// Whether the row kernels read `tensors` from staged textures: all f32 with rows of whole
-/// quads, and each fits a texture (llvmpipe then fetches quads for all lanes at once).
-fn stageable(gpu: &Gpu, cols: usize, tensors: &[&GpuTensor]) -> bool {
-    staging_on()
-        && cols.is_multiple_of(4)
-        && tensors
-            .iter()
-            .all(|t| t.dtype == DType::F32 && gpu.can_stage(t))
+/// The row kernels' textures (bindings 12–14: `x`, `w` and `third`, staged where all are f32
+/// with rows of whole quads), with the `TEX` override pushed onto `ov`; none for the
+/// workgroup-per-row kernels, which do not bind them.
+fn row_textures<'a>(
+    gpu: &Gpu,
+    cols: usize,
+    ov: &mut Vec<(&'static str, f64)>,
+    tensors: [&'a GpuTensor; 3],
+) -> Vec<(u32, Option<&'a GpuTensor>)> {
+    if !row_variant(gpu) {
+        return vec![];
+    }
+    let tex = cols.is_multiple_of(4) && stageable(gpu, &tensors);
+    ov.push(("TEX", flag(tex)));
+    (12..).zip(tensors.map(|t| tex.then_some(t))).collect()
 }
 
 /// `out = layernorm(inp) · w + b` over the last dim; `mean`, `rstd` (rows,) f32 are saved.
@@ -90,19 +97,13 @@ pub fn layernorm_forward(
         _pad: 0,
     };
     let (entry, wg, groups) = per_row(gpu, "layernorm_forward", "layernorm_forward_rows", rows);
-    let tex = row_variant(gpu) && stageable(gpu, cols, &[inp, w, b]);
     let mut ov = vec![
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
         ("Y_F16", out.dtype.is_f16()),
         ("WG", wg as f64),
     ];
-    let mut textures = vec![];
-    if row_variant(gpu) {
-        ov.push(("TEX", flag(tex)));
-        let t = |x| tex.then_some(x);
-        textures = vec![(12, t(inp)), (13, t(w)), (14, t(b))];
-    }
+    let textures = row_textures(gpu, cols, &mut ov, [inp, w, b]);
     gpu.launch_textured(
         &shader!("layernorm"),
         entry,
@@ -136,7 +137,6 @@ pub fn layernorm_backward(
         _pad: 0,
     };
     let (entry, wg, groups) = per_row(gpu, "layernorm_backward", "layernorm_backward_rows", rows);
-    let tex = row_variant(gpu) && stageable(gpu, cols, &[inp, w, dout]);
     let mut ov = vec![
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
@@ -145,12 +145,7 @@ pub fn layernorm_backward(
         ("ACCUM", flag(accum)),
         ("WG", wg as f64),
     ];
-    let mut textures = vec![];
-    if row_variant(gpu) {
-        ov.push(("TEX", flag(tex)));
-        let t = |x| tex.then_some(x);
-        textures = vec![(12, t(inp)), (13, t(w)), (14, t(dout))];
-    }
+    let textures = row_textures(gpu, cols, &mut ov, [inp, w, dout]);
     gpu.launch_textured(
         &shader!("layernorm"),
         entry,

@@ -1,6 +1,6 @@
 //! Matmul family (`shaders/matmul.wgsl`): linear layers forward and backward, bias gradients.
 
-use super::common::{flag, staging_on};
+use super::common::{flag, stageable, staging_on};
 pub use super::common::{without_textures, Act};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::shader;
@@ -198,11 +198,9 @@ fn launch_sg(
     };
     // A in quads along K (x·Wᵀ, dY·W) or along M (dYᵀ·X), and B in its quads, from staged
     // textures where the operand is f32 and fits one.
-    let stage =
-        |t: &GpuTensor| staging_on() && t.dtype == crate::gpu::DType::F32 && gpu.can_stage(t);
     let [a_off, a_so, a_si] = mm.a;
     let a_starts = a_off | a_so | a_si;
-    let a_mode = if !stage(a) {
+    let a_mode = if !stageable(gpu, &[a]) {
         0
     } else if mm.a_sk == 1 && (a_starts | mm.a_sm | mm.k) & 3 == 0 {
         1
@@ -211,7 +209,7 @@ fn launch_sg(
     } else {
         0
     };
-    let b_tex = matches!(mode, 1 | 2) && stage(b);
+    let b_tex = matches!(mode, 1 | 2) && stageable(gpu, &[b]);
     let [c_off, c_so, c_si] = mm.c;
     let c_quads = staging_on()
         && c.dtype == crate::gpu::DType::F32
@@ -471,10 +469,7 @@ pub fn bias_backward(gpu: &Gpu, db: &GpuTensor, dy: &GpuTensor, accum: bool) {
         Variant::Direct | Variant::Subgroup
     ) {
         // Software adapters: one launch (the two-pass split only buys parallelism).
-        let tex = staging_on()
-            && dy.dtype == crate::gpu::DType::F32
-            && n.is_multiple_of(4)
-            && gpu.can_stage(dy);
+        let tex = n.is_multiple_of(4) && stageable(gpu, &[dy]);
         let overrides = [
             ("A_F16", dy.dtype.is_f16()),
             ("C_F16", db.dtype.is_f16()),
