@@ -44,6 +44,18 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> SCORES: array<f32>;
 @group(0) @binding(12) var<storage, read_write> DSCORES: array<f32>;
 
+// Software adapters, short sequences: the `*_tex` kernels read the other side's rows (keys for
+// the forward and dq, queries for dkdv) straight from operands staged as textures by the
+// launcher (qkv at 13, dout at 14; f32 with HD % 4 == 0), not from workgroup memory, which
+// llvmpipe reads lane by lane. A texel fetch is a gather whatever the lanes ask for, so each
+// thread takes RQ rows (rows lid, lid + WG, ...) and uses every fetched quad RQ times. One
+// launch replaces the matmul path's three (forward) or seven (backward).
+@group(0) @binding(13) var QKV_T: texture_2d<u32>;
+@group(0) @binding(14) var DOUT_T: texture_2d<u32>;
+// Rows per thread of the `*_tex` kernels, 1 to R_MAX.
+override RQ: u32 = 1u;
+const R_MAX: u32 = 4u;
+
 // Head dim (even, ≤ D_MAX); an override so that the per-row loops have constant trip counts.
 override HD: u32 = 64u;
 // Rows (queries or keys) per workgroup, one per thread.
@@ -274,6 +286,185 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
         for (var d = 0u; d < HQ; d++) {
             st4_dqkv(gk, d, HD, dk[d]);
             st4_dqkv(gv, d, HD, dv[d]);
+        }
+    }
+}
+
+// Quad d of row `row`'s part (0 q, 1 k, 2 v) of head (b, h), from the staged qkv.
+fn qkv_tex(b: u32, row: u32, h: u32, part: u32, d: u32) -> vec4<f32> {
+    return tex_quad(QKV_T, (qkv_index(b, row, h, part) >> 2u) + d);
+}
+
+// attention_forward for short sequences on software adapters (see QKV_T): thread lid of
+// workgroup x takes query rows x·WG·RQ + lid + r·WG, r < RQ; online softmax key by key.
+@compute @workgroup_size(WG)
+fn attention_forward_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i0 = wg.x * WG * RQ + lid3.x;
+    var q: array<vec4<f32>, 64>; // [r][d], R_MAX × D ≤ 64
+    var acc: array<vec4<f32>, 64>;
+    var m: array<f32, R_MAX>;
+    var l: array<f32, R_MAX>;
+    for (var r = 0u; r < RQ; r++) {
+        // Rows past T compute on row T−1 and store nothing.
+        let qi = qkv_index(b, min(i0 + r * WG, p.t - 1u), h, 0u);
+        for (var d = 0u; d < HQ; d++) {
+            q[r * HQ + d] = ld4_qkv(qi, d, HD) * p.scale;
+            acc[r * HQ + d] = vec4<f32>(0.0);
+        }
+        m[r] = NEG_BIG;
+        l[r] = 0.0;
+    }
+    var kq: array<vec4<f32>, Q_MAX>;
+    var vq: array<vec4<f32>, Q_MAX>;
+    for (var j = 0u; j < p.t; j++) {
+        for (var d = 0u; d < HQ; d++) {
+            kq[d] = qkv_tex(b, j, h, 1u, d);
+            vq[d] = qkv_tex(b, j, h, 2u, d);
+        }
+        for (var r = 0u; r < RQ; r++) {
+            var s4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) { s4 = fma(q[r * HQ + d], kq[d], s4); }
+            let s = hsum(s4);
+            let mn = max(m[r], s);
+            let corr = exp(m[r] - mn);
+            let pj = exp(s - mn);
+            m[r] = mn;
+            l[r] = fma(l[r], corr, pj);
+            for (var d = 0u; d < HQ; d++) { acc[r * HQ + d] = fma(vec4<f32>(pj), vq[d], acc[r * HQ + d] * corr); }
+        }
+    }
+    for (var r = 0u; r < RQ; r++) {
+        let i = i0 + r * WG;
+        if (i < p.t) {
+            let inv = 1.0 / l[r];
+            let oi = out_index(b, i, h);
+            for (var d = 0u; d < HQ; d++) { st4_out(oi, d, HD, acc[r * HQ + d] * inv); }
+            LSE[bh * p.t + i] = m[r] + log(l[r]);
+        }
+    }
+}
+
+// attention_backward_dq for short sequences on software adapters: RQ query rows per thread as
+// in attention_forward_tex, keys from the staged qkv.
+@compute @workgroup_size(WG)
+fn attention_backward_dq_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i0 = wg.x * WG * RQ + lid3.x;
+    var q: array<vec4<f32>, 64>;
+    var dout: array<vec4<f32>, 64>;
+    var dq: array<vec4<f32>, 64>;
+    var delta: array<f32, R_MAX>;
+    var lse: array<f32, R_MAX>;
+    for (var r = 0u; r < RQ; r++) {
+        let ii = min(i0 + r * WG, p.t - 1u);
+        let qi = qkv_index(b, ii, h, 0u);
+        let oi = out_index(b, ii, h);
+        var delta4 = vec4<f32>(0.0);
+        for (var d = 0u; d < HQ; d++) {
+            q[r * HQ + d] = ld4_qkv(qi, d, HD) * p.scale;
+            dout[r * HQ + d] = ld4_dout(oi, d, HD);
+            dq[r * HQ + d] = vec4<f32>(0.0);
+            delta4 = fma(dout[r * HQ + d], ld4_out_in(oi, d, HD), delta4);
+        }
+        delta[r] = hsum(delta4);
+        lse[r] = LSE_IN[bh * p.t + ii];
+    }
+    var kq: array<vec4<f32>, Q_MAX>;
+    var vq: array<vec4<f32>, Q_MAX>;
+    for (var j = 0u; j < p.t; j++) {
+        for (var d = 0u; d < HQ; d++) {
+            kq[d] = qkv_tex(b, j, h, 1u, d);
+            vq[d] = qkv_tex(b, j, h, 2u, d);
+        }
+        for (var r = 0u; r < RQ; r++) {
+            var s4 = vec4<f32>(0.0);
+            var dp4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) {
+                s4 = fma(q[r * HQ + d], kq[d], s4);
+                dp4 = fma(dout[r * HQ + d], vq[d], dp4);
+            }
+            let ds = exp(hsum(s4) - lse[r]) * (hsum(dp4) - delta[r]);
+            for (var d = 0u; d < HQ; d++) { dq[r * HQ + d] = fma(vec4<f32>(ds), kq[d], dq[r * HQ + d]); }
+        }
+    }
+    for (var r = 0u; r < RQ; r++) {
+        let i = i0 + r * WG;
+        if (i < p.t) {
+            DELTA[bh * p.t + i] = delta[r];
+            let gi = qkv_index(b, i, h, 0u);
+            for (var d = 0u; d < HQ; d++) { st4_dqkv(gi, d, HD, dq[r * HQ + d] * p.scale); }
+        }
+    }
+}
+
+// attention_backward_dkdv for short sequences on software adapters: RQ key rows per thread,
+// queries and dout from the staged qkv and dout. Needs delta from attention_backward_dq_tex.
+@compute @workgroup_size(WG)
+fn attention_backward_dkdv_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let bh = batch_head(wg, nwg);
+    if (bh >= p.bh) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let j0 = wg.x * WG * RQ + lid3.x;
+    var k: array<vec4<f32>, 64>;
+    var v: array<vec4<f32>, 64>;
+    var dk: array<vec4<f32>, 64>;
+    var dv: array<vec4<f32>, 64>;
+    for (var r = 0u; r < RQ; r++) {
+        let jj = min(j0 + r * WG, p.t - 1u);
+        let ki = qkv_index(b, jj, h, 1u);
+        let vi = qkv_index(b, jj, h, 2u);
+        for (var d = 0u; d < HQ; d++) {
+            k[r * HQ + d] = ld4_qkv(ki, d, HD);
+            v[r * HQ + d] = ld4_qkv(vi, d, HD);
+            dk[r * HQ + d] = vec4<f32>(0.0);
+            dv[r * HQ + d] = vec4<f32>(0.0);
+        }
+    }
+    var qq: array<vec4<f32>, Q_MAX>;
+    var gq: array<vec4<f32>, Q_MAX>;
+    for (var i = 0u; i < p.t; i++) {
+        let oi = out_index(b, i, h) >> 2u;
+        for (var d = 0u; d < HQ; d++) {
+            qq[d] = qkv_tex(b, i, h, 0u, d) * p.scale;
+            gq[d] = tex_quad(DOUT_T, oi + d);
+        }
+        let lse = LSE_IN[bh * p.t + i];
+        let delta = DELTA_IN[bh * p.t + i];
+        for (var r = 0u; r < RQ; r++) {
+            var s4 = vec4<f32>(0.0);
+            var dp4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HQ; d++) {
+                s4 = fma(qq[d], k[r * HQ + d], s4);
+                dp4 = fma(gq[d], v[r * HQ + d], dp4);
+            }
+            let pr = exp(hsum(s4) - lse);
+            let ds = pr * (hsum(dp4) - delta);
+            for (var d = 0u; d < HQ; d++) {
+                dv[r * HQ + d] = fma(vec4<f32>(pr), gq[d], dv[r * HQ + d]);
+                dk[r * HQ + d] = fma(vec4<f32>(ds), qq[d], dk[r * HQ + d]);
+            }
+        }
+    }
+    for (var r = 0u; r < RQ; r++) {
+        let j = j0 + r * WG;
+        if (j < p.t) {
+            let gk = qkv_index(b, j, h, 1u);
+            let gv = qkv_index(b, j, h, 2u);
+            for (var d = 0u; d < HQ; d++) {
+                st4_dqkv(gk, d, HD, dk[r * HQ + d]);
+                st4_dqkv(gv, d, HD, dv[r * HQ + d]);
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Fused multi-head attention family (`shaders/attention.wgsl`): flash-style forward saving the
 //! per-row logsumexp, and a backward that recomputes the probabilities; no T×T buffer. For
 //! attention maps (inference only), [`attention_probs_forward`] writes the probabilities.
+//! Software adapters run variants of the same kernels that read staged textures (head dims up
+//! to 32), or batched matmuls around row kernels (wider heads).
 //!
 //! Layout: `qkv` (B, T, 3C) from one fused projection, C = H·D, q at columns [0, C), k at
 //! [C, 2C), v at [2C, 3C), head h at columns h·D.. within each third; `out` (B, T, C) with
 //! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
 
-use super::common::grid;
+use super::common::{grid, stageable};
 use super::matmul::{self, Strided};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
@@ -89,15 +91,26 @@ impl Dims {
             _pad: [0; 2],
         }
     }
-    /// One workgroup per (block of WG rows, b·h); b·h split over y and z past 65535.
-    fn grid(&self) -> [u32; 3] {
+    /// One workgroup per (block of `wg` rows, b·h); b·h split over y and z past 65535.
+    fn grid(&self, wg: u32) -> [u32; 3] {
         let [y, z, _] = grid((self.b * self.h) as u32);
-        [(self.t as u32).div_ceil(WG), y, z]
+        [(self.t as u32).div_ceil(wg), y, z]
     }
 }
 
+/// Which kernels attention runs on (tests pin each in turn; see [`with_flash`], [`with_matmuls`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// The adapter's fastest.
+    Auto,
+    /// The flash kernels, tiles in workgroup memory.
+    Flash,
+    /// Batched matmuls around row kernels wherever the adapter has 8-wide subgroups.
+    Matmuls,
+}
+
 thread_local! {
-    static FORCE_FLASH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PATH: std::cell::Cell<Path> = const { std::cell::Cell::new(Path::Auto) };
     static CHUNK_CAP: std::cell::Cell<u64> = const { std::cell::Cell::new(64 << 20) };
 }
 
@@ -113,22 +126,63 @@ pub fn with_chunk_cap<R>(bytes: u64, f: impl FnOnce() -> R) -> R {
 /// Runs `f` with attention on this thread on the flash kernels whatever the adapter (tests run
 /// both paths on software adapters this way).
 pub fn with_flash<R>(f: impl FnOnce() -> R) -> R {
-    let prev = FORCE_FLASH.with(|c| c.replace(true));
+    with_path(Path::Flash, f)
+}
+
+/// Runs `f` with attention on this thread on the matmul path wherever the adapter has 8-wide
+/// subgroups, however short the sequence (the texture-fed flash kernels take short ones).
+pub fn with_matmuls<R>(f: impl FnOnce() -> R) -> R {
+    with_path(Path::Matmuls, f)
+}
+
+fn with_path<R>(path: Path, f: impl FnOnce() -> R) -> R {
+    let prev = PATH.with(|c| c.replace(path));
     let r = f();
-    FORCE_FLASH.with(|c| c.set(prev));
+    PATH.with(|c| c.set(prev));
     r
 }
 
 /// Whether attention runs as batched subgroup matmuls around row kernels: on software adapters
 /// with 8-wide subgroups, where that is 3–5× faster than the flash kernels (whose inner loops
-/// read workgroup memory lane by lane on llvmpipe). GPUs keep the flash kernels.
+/// read workgroup memory lane by lane on llvmpipe), unless the texture-fed kernels take the
+/// shape (see [`TEX_MAX_D`]). GPUs keep the flash kernels.
 pub fn use_matmuls(gpu: &Gpu) -> bool {
-    !FORCE_FLASH.with(|c| c.get()) && matmul::plan(gpu, 64, 64, 64) == matmul::Variant::Subgroup
+    PATH.with(|c| c.get()) != Path::Flash
+        && matmul::plan(gpu, 64, 64, 64) == matmul::Variant::Subgroup
 }
 
 /// [`use_matmuls`], where one batch's heads fit a dispatch (the batched matmul puts them on z).
 fn matmul_path(gpu: &Gpu, dm: Dims) -> bool {
     use_matmuls(gpu) && dm.h <= gpu.limits.max_compute_workgroups_per_dimension as usize
+}
+
+/// Longest sequence the texture-fed kernels take on software adapters (measured to T = 197).
+pub const TEX_MAX_T: usize = 1024;
+/// Largest head dim they take. On llvmpipe, against the matmul path: D = 16 ran 2.5× (T = 17)
+/// to 4–6× (T = 197) faster; D = 32 1.2–1.5×; D = 64 (ViT-S, ViT-B) 2× slower, its rows
+/// spilling out of the 16 vector registers, so it keeps the matmuls.
+pub const TEX_MAX_D: usize = 32;
+
+/// Whether attention runs on the `*_tex` kernels, which read the other side's rows straight
+/// from staged textures: software adapters, `staged` fitting textures, every tensor f32, head
+/// dim a multiple of 4 and at most [`TEX_MAX_D`], sequences up to [`TEX_MAX_T`].
+fn tex_path(gpu: &Gpu, dm: Dims, staged: &[&GpuTensor], others: &[&GpuTensor]) -> bool {
+    gpu.is_software()
+        && PATH.with(|c| c.get()) == Path::Auto
+        && dm.t <= TEX_MAX_T
+        && dm.d <= TEX_MAX_D
+        && dm.d.is_multiple_of(4)
+        && stageable(gpu, staged)
+        && others.iter().all(|t| t.dtype == DType::F32)
+}
+
+/// (threads per workgroup, rows per thread) of the `*_tex` kernels: one 8-wide subgroup
+/// (llvmpipe's) per workgroup, each thread taking up to four rows while they stay within 16
+/// quads (more spill out of the vector registers), so that at the demo's T = 17, D = 16 a head
+/// fills 17 of 24 rows and every fetched quad serves three.
+fn tex_shape(dm: Dims) -> (u32, u32) {
+    let rq = dm.t.div_ceil(8).min(16 / dm.d.div_ceil(4)).clamp(1, 4);
+    (8, rq as u32)
 }
 
 /// Batches per chunk of the matmul path: each chunk's (b·H·T, T) f32 scores fit one binding
@@ -305,6 +359,18 @@ pub fn attention_forward(
     let dm = Dims::of(qkv, heads);
     dm.check("out", out, &[dm.b, dm.t, dm.c()], false);
     dm.check("lse", lse, &[dm.b, dm.h, dm.t], true);
+    if tex_path(gpu, dm, &[qkv], &[out]) {
+        let (wg, rq) = tex_shape(dm);
+        return gpu.launch_textured(
+            &shader!("attention"),
+            "attention_forward_tex",
+            &[("HD", dm.d as f64), ("WG", wg as f64), ("RQ", rq as f64)],
+            &dm.params(),
+            &[(1, qkv), (2, out), (3, lse)],
+            &[(13, Some(qkv))],
+            dm.grid(wg * rq),
+        );
+    }
     if matmul_path(gpu, dm) {
         return matmul_forward(gpu, out, lse, qkv, dm);
     }
@@ -320,7 +386,7 @@ pub fn attention_forward(
         &ov,
         &dm.params(),
         &[(1, qkv), (2, out), (3, lse)],
-        dm.grid(),
+        dm.grid(WG),
     );
 }
 
@@ -348,6 +414,36 @@ pub fn attention_backward(
         !std::sync::Arc::ptr_eq(&dqkv.buffer, &qkv.buffer),
         "attention_backward: dqkv and qkv must be different buffers"
     );
+    if tex_path(gpu, dm, &[qkv, dout], &[out, dqkv]) {
+        let (wg, rq) = tex_shape(dm);
+        let ov = [("HD", dm.d as f64), ("WG", wg as f64), ("RQ", rq as f64)];
+        let p = dm.params();
+        gpu.launch_textured(
+            &shader!("attention"),
+            "attention_backward_dq_tex",
+            &ov,
+            &p,
+            &[
+                (1, qkv),
+                (4, dout),
+                (5, out),
+                (6, lse),
+                (7, delta),
+                (9, dqkv),
+            ],
+            &[(13, Some(qkv))],
+            dm.grid(wg * rq),
+        );
+        return gpu.launch_textured(
+            &shader!("attention"),
+            "attention_backward_dkdv_tex",
+            &ov,
+            &p,
+            &[(1, qkv), (6, lse), (8, delta), (9, dqkv)],
+            &[(13, Some(qkv)), (14, Some(dout))],
+            dm.grid(wg * rq),
+        );
+    }
     if matmul_path(gpu, dm) {
         return matmul_backward(gpu, dqkv, dout, qkv, lse, dm);
     }
@@ -373,7 +469,7 @@ pub fn attention_backward(
             (7, delta),
             (9, dqkv),
         ],
-        dm.grid(),
+        dm.grid(WG),
     );
     gpu.launch(
         &shader!("attention"),
@@ -381,7 +477,7 @@ pub fn attention_backward(
         &ov,
         &p,
         &[(1, qkv), (4, dout), (6, lse), (8, delta), (9, dqkv)],
-        dm.grid(),
+        dm.grid(WG),
     );
 }
 

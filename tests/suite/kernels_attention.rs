@@ -145,7 +145,9 @@ fn cpu_reference_matches_pytorch_fixture() {
 }
 
 /// Shapes that exercise the edges: one token, partial key/query tiles and blocks, many query
-/// blocks, the largest head dim, odd head counts.
+/// blocks, the largest head dim, odd head counts. On software adapters the default path runs
+/// the texture-fed kernels where D ≤ 32 and D % 4 == 0 (rows per thread: 2 at D = 24 and 32, 3
+/// at the demo's T = 17, 4 and seven workgroups a head at T = 197), the matmuls elsewhere.
 fn attention_matches_cpu_on_awkward_shapes() {
     let g = gpu();
     for (i, &(b, t, h, d)) in [
@@ -156,6 +158,10 @@ fn attention_matches_cpu_on_awkward_shapes() {
         (1, 70, 1, 128),
         (3, 5, 5, 2),
         (1, 1025, 1, 8),
+        (3, 17, 4, 16),
+        (1, 197, 3, 16),
+        (1, 9, 1, 32),
+        (2, 1, 3, 8),
     ]
     .iter()
     .enumerate()
@@ -284,8 +290,9 @@ fn attention_rejects_large_head_dim() {
     attention_forward(g, &out, &lse, &qkv, 1);
 }
 
-// The default path on every adapter, and the flash kernels too (software adapters with 8-wide
-// subgroups default to batched matmuls around row kernels).
+// The default path on every adapter, and the flash kernels and the matmul path too (software
+// adapters default to texture-fed kernels for head dims up to 32, and to batched matmuls around
+// row kernels above).
 
 #[test]
 fn attention_matches_pytorch_fixture_default_path() {
@@ -307,6 +314,12 @@ fn attention_matches_cpu_on_awkward_shapes_default_path() {
 #[test]
 fn attention_matches_cpu_on_awkward_shapes_buffers() {
     vitgpu::kernels::matmul::without_textures(attention_matches_cpu_on_awkward_shapes);
+}
+
+/// The matmul path (products staged as textures) however short the sequence.
+#[test]
+fn attention_matches_cpu_on_awkward_shapes_matmuls() {
+    with_matmuls(attention_matches_cpu_on_awkward_shapes);
 }
 
 #[test]
