@@ -178,6 +178,39 @@ impl<'g> Graph<'g> {
         Ok(node)
     }
 
+    /// `a + (x · wᵀ + b)·scale[sample]`: a residual whose branch ends in a linear layer. Without
+    /// drop-path (`scale` None) the product's epilogue adds it onto a copy of `a`, one launch
+    /// instead of two; recorded as linear + residual either way.
+    pub fn linear_residual(
+        &mut self,
+        a: &Node,
+        x: &Node,
+        w: P,
+        b: Option<P>,
+        scale: Option<&GpuTensor>,
+    ) -> Result<Node> {
+        if scale.is_some() || self.dtype_for(a.t.cols()) != a.t.dtype {
+            let y = self.linear(x, w, b, Act::None)?;
+            return self.residual_drop_path(a, &y, scale);
+        }
+        let out = self.alloc(&a.t.shape)?;
+        let record = self.grad_enabled
+            && (x.var.is_some() || w.grad.is_some() || b.is_some_and(|b| b.grad.is_some()));
+        self.gpu.copy(&a.t, &out);
+        kernels::matmul::linear_forward_accum(self.gpu, &out, &x.t, w.w, b.map(|b| b.w));
+        let y = self.record_linear(record, x, w, b, false);
+        let var = self.var(a.var.is_some() || y.is_some());
+        if let Some(v) = var {
+            self.ops.push(Op::Residual {
+                a: a.var,
+                b: y,
+                scale: None,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
+    }
+
     /// Classifier on the CLS token: x (B, T, C) → logits (B, N), always f32.
     pub fn linear_cls(&mut self, x: &Node, w: P, b: Option<P>) -> Result<Node> {
         let record = x.var.is_some() || w.grad.is_some() || b.is_some_and(|b| b.grad.is_some());

@@ -364,6 +364,31 @@ pub fn linear_forward(
     bias: Option<&GpuTensor>,
     act: Act,
 ) {
+    linear(gpu, out, x, w, bias, act, false)
+}
+
+/// `out += x · wᵀ + b`: [`linear_forward`] adding its result to what `out` holds, in the
+/// epilogue (a residual connection without a launch of its own; f32 sums are the same as
+/// storing the product and adding it).
+pub fn linear_forward_accum(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+) {
+    linear(gpu, out, x, w, bias, Act::None, true)
+}
+
+fn linear(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    act: Act,
+    accum: bool,
+) {
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = x.rows();
     assert_eq!(
@@ -390,7 +415,7 @@ pub fn linear_forward(
         b_sn: k as u32,
         ..SINGLE
     };
-    gemm(gpu, out, x, w, bias, p, act, false);
+    gemm(gpu, out, x, w, bias, p, act, accum);
 }
 
 /// `dx (+)= dy · w`: dy (.., N), w (N, K), dx (.., K).

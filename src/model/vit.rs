@@ -348,13 +348,13 @@ impl Vit {
             Act::None,
         )?; // (B, T, 3C)
         let a = g.attention(&qkv, c.num_attention_heads)?; // (B, T, C)
-        let a = g.linear(
+        let x = g.linear_residual(
+            x,
             &a,
             l("attention.output.dense.weight"),
             Some(l("attention.output.dense.bias")),
-            Act::None,
+            drop.map(|d| &d[0]),
         )?; // (B, T, C)
-        let x = g.residual_drop_path(x, &a, drop.map(|d| &d[0]))?;
         let hs = g.layernorm(
             &x,
             l("layernorm_after.weight"),
@@ -367,13 +367,13 @@ impl Vit {
             Some(l("intermediate.dense.bias")),
             act,
         )?; // (B, T, I)
-        let m = g.linear(
+        g.linear_residual(
+            &x,
             &m,
             l("output.dense.weight"),
             Some(l("output.dense.bias")),
-            Act::None,
-        )?; // (B, T, C)
-        g.residual_drop_path(&x, &m, drop.map(|d| &d[1]))
+            drop.map(|d| &d[1]),
+        ) // (B, T, C)
     }
 
     /// Whether layer `i` on input `x` needs a backward: its input does, or it has a trainable

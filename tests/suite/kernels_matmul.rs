@@ -38,6 +38,19 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
             ATOL,
             RTOL,
         );
+        // The residual form: the product added onto what the output holds, by the epilogue.
+        let r = rand_vec(m * n, 4, 1.0);
+        let res = g.upload(&r, &[m, n], DType::F32).unwrap();
+        linear_forward_accum(g, &res, &xt, &wt, Some(&bt));
+        let lin = linear_forward_cpu(&x, &w, Some(&b), Act::None, m, n, k);
+        let want: Vec<f32> = r.iter().zip(&lin).map(|(a, y)| a + y).collect();
+        assert_close(
+            &format!("residual + linear {m}x{n}x{k}"),
+            &g.read(&res).unwrap(),
+            &want,
+            ATOL,
+            RTOL,
+        );
     }
 }
 
