@@ -17,7 +17,8 @@ struct Params {
     bc2_sqrt: f32,
     // Multiplies every gradient: 1/loss_scale × clip coefficient.
     grad_scale: f32,
-    _p0: u32,
+    // First element of `adamw_step` (its tail after `adamw_step4`'s quads).
+    first: u32,
     _p1: u32,
 }
 
@@ -29,12 +30,20 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> PARTIAL: array<f32>;
 @group(0) @binding(6) var<storage, read_write> HALF: array<u32>;
 
+// The same buffers again as quads, for `adamw_step4` and `adamw_sumsq` (a storage load or
+// store is a loop over the lanes on llvmpipe whatever its width, so quads cost a quarter).
+@group(0) @binding(7) var<storage, read_write> PARAM4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> GRAD4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> M4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> V4: array<vec4<f32>>;
+
 override WG: u32 = 256u;
 
-// Same operation order as torch.optim.AdamW (single-tensor path).
+// Same operation order as torch.optim.AdamW (single-tensor path), element by element from
+// `p.first` (the launcher runs it on what `adamw_step4`'s quads leave).
 @compute @workgroup_size(WG)
 fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, WG);
+    let i = p.first + flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     let g = GRAD[i] * p.grad_scale;
     var w = PARAM[i];
@@ -48,16 +57,40 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     PARAM[i] = w - p.step_size * (m / denom);
 }
 
+// adamw_step on the quads of elements [0, 4·⌊n/4⌋), in the same order per element.
+@compute @workgroup_size(WG)
+fn adamw_step4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = flat_id(gid, nwg, WG);
+    if (q >= p.n / 4u) { return; }
+    let g = GRAD4[q] * p.grad_scale;
+    var w = PARAM4[q];
+    let idx = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+    w = select(w, w * (1.0 - p.lr * p.weight_decay), idx < vec4<u32>(p.n_decay));
+    var m = M4[q];
+    m = m + (1.0 - p.beta1) * (g - m);
+    let v = V4[q] * p.beta2 + (1.0 - p.beta2) * g * g;
+    M4[q] = m;
+    V4[q] = v;
+    let denom = sqrt(v) / p.bc2_sqrt + p.eps;
+    PARAM4[q] = w - p.step_size * (m / denom);
+}
+
 var<workgroup> red: array<f32, 256>;
 
-// PARTIAL[workgroup] = Σ GRAD² over the workgroup's strided range (inf/NaN propagate).
+// PARTIAL[workgroup] = Σ GRAD² over the workgroup's strided range of quads, and of the last
+// n % 4 elements (inf/NaN propagate).
 @compute @workgroup_size(WG)
 fn adamw_sumsq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
     let lid = lid3.x;
     let stride = nwg.x * WG;
-    var s = 0.0;
-    for (var i = wg.x * WG + lid; i < p.n; i += stride) {
+    var s4 = vec4<f32>(0.0);
+    for (var q = wg.x * WG + lid; q < p.n / 4u; q += stride) {
+        let g = GRAD4[q];
+        s4 = fma(g, g, s4);
+    }
+    var s = (s4.x + s4.y) + (s4.z + s4.w);
+    for (var i = 4u * (p.n / 4u) + wg.x * WG + lid; i < p.n; i += stride) {
         let g = GRAD[i];
         s += g * g;
     }

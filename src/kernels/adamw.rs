@@ -21,7 +21,8 @@ struct AdamWParams {
     step_size: f32,
     bc2_sqrt: f32,
     grad_scale: f32,
-    _pad: [u32; 2],
+    first: u32,
+    _pad: u32,
 }
 
 /// Hyperparameters of one step.
@@ -57,7 +58,8 @@ impl AdamWStep {
             step_size: (self.lr as f64 / (1.0 - (self.beta1 as f64).powi(t))) as f32,
             bc2_sqrt: (1.0 - (self.beta2 as f64).powi(t)).sqrt() as f32,
             grad_scale: self.grad_scale,
-            _pad: [0; 2],
+            first: 0,
+            _pad: 0,
         }
     }
 }
@@ -78,14 +80,25 @@ pub fn adamw_step(
     assert!([params, m, v, grads]
         .iter()
         .all(|t| t.dtype == DType::F32 && t.numel() == n));
-    let p = step.params(n, n_decay);
+    let mut p = step.params(n, n_decay);
+    let quads = (n / 4) as u32;
+    gpu.launch(
+        &shader!("adamw"),
+        "adamw_step4",
+        &[("WG", WG as f64)],
+        &p,
+        &[(7, params), (8, grads), (9, m), (10, v)],
+        grid(quads.div_ceil(WG)),
+    );
+    // The last n % 4 elements (none for the optimizer's flat buffers, padded to 128).
+    p.first = 4 * quads;
     gpu.launch(
         &shader!("adamw"),
         "adamw_step",
         &[("WG", WG as f64)],
         &p,
         &[(1, params), (2, grads), (3, m), (4, v)],
-        grid((n as u32).div_ceil(WG)),
+        grid((n as u32 - p.first).div_ceil(WG)),
     );
 }
 
@@ -101,7 +114,7 @@ pub fn grad_sumsq(gpu: &Gpu, grads: &GpuTensor, partial: &GpuTensor) -> Result<f
         "adamw_sumsq",
         &[("WG", WG as f64)],
         &p,
-        &[(2, grads), (5, partial)],
+        &[(2, grads), (5, partial), (8, grads)],
         [groups, 1, 1],
     );
     Ok(gpu.read(partial)?.iter().map(|&x| x as f64).sum())

@@ -554,6 +554,80 @@ fn adamw_with_global_norm_clipping_matches_torch() {
     run_adamw(true);
 }
 
+/// The step runs on quads and then element by element on the last n % 4; a decay boundary
+/// inside a quad and a tail of 3 exercise both, against the CPU reference (same operation
+/// order, so only sqrt/division rounding differs), and so does the sum of squares.
+#[test]
+fn adamw_step_and_sumsq_match_cpu_with_a_tail() {
+    let g = gpu();
+    let (n, n_decay) = (1003, 501);
+    let mut p = rand_vec(n, 11, 1.0);
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let pt = g.upload(&p, &[n], DType::F32).unwrap();
+    let mt = g.alloc(&[n], DType::F32).unwrap();
+    let vt = g.alloc(&[n], DType::F32).unwrap();
+    let gt = g.alloc(&[n], DType::F32).unwrap();
+    let partial = g.alloc(&[8], DType::F32).unwrap();
+    for t in 1..=2 {
+        let gr = rand_vec(n, 20 + t as u64, 1.0);
+        g.write(&gt, &gr);
+        let sumsq = grad_sumsq(g, &gt, &partial).unwrap();
+        let want: f64 = gr.iter().map(|&x| x as f64 * x as f64).sum();
+        assert!(
+            (sumsq - want).abs() <= 1e-5 * want,
+            "sum of squares {sumsq} vs {want}"
+        );
+        let step = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            t,
+            grad_scale: 0.5,
+        };
+        adamw_step(g, &pt, &mt, &vt, &gt, n_decay, &step);
+        let (d, nd) = (0..n_decay, n_decay..n);
+        adamw_step_cpu(
+            &mut p[d.clone()],
+            &mut m[d.clone()],
+            &mut v[d.clone()],
+            &gr[d],
+            true,
+            &step,
+        );
+        adamw_step_cpu(
+            &mut p[nd.clone()],
+            &mut m[nd.clone()],
+            &mut v[nd.clone()],
+            &gr[nd],
+            false,
+            &step,
+        );
+        assert_close(
+            &format!("params after step {t}"),
+            &g.read(&pt).unwrap(),
+            &p,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("m after step {t}"),
+            &g.read(&mt).unwrap(),
+            &m,
+            1e-7,
+            1e-5,
+        );
+        assert_close(
+            &format!("v after step {t}"),
+            &g.read(&vt).unwrap(),
+            &v,
+            1e-7,
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn adamw_cpu_reference_matches_torch_and_cast_f16_rounds() {
     let f = load_fixture("kernels.safetensors");
