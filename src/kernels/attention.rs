@@ -414,6 +414,15 @@ pub fn attention_backward(
         !std::sync::Arc::ptr_eq(&dqkv.buffer, &qkv.buffer),
         "attention_backward: dqkv and qkv must be different buffers"
     );
+    // The dq kernels (both variants) read out for delta and write it.
+    let dq_bindings = [
+        (1, qkv),
+        (4, dout),
+        (5, out),
+        (6, lse),
+        (7, delta),
+        (9, dqkv),
+    ];
     if tex_path(gpu, dm, &[qkv, dout], &[out, dqkv]) {
         let (wg, rq) = tex_shape(dm);
         let ov = [("HD", dm.d as f64), ("WG", wg as f64), ("RQ", rq as f64)];
@@ -423,14 +432,7 @@ pub fn attention_backward(
             "attention_backward_dq_tex",
             &ov,
             &p,
-            &[
-                (1, qkv),
-                (4, dout),
-                (5, out),
-                (6, lse),
-                (7, delta),
-                (9, dqkv),
-            ],
+            &dq_bindings,
             &[(13, Some(qkv))],
             dm.grid(wg * rq),
         );
@@ -461,14 +463,7 @@ pub fn attention_backward(
         "attention_backward_dq",
         &ov,
         &p,
-        &[
-            (1, qkv),
-            (4, dout),
-            (5, out),
-            (6, lse),
-            (7, delta),
-            (9, dqkv),
-        ],
+        &dq_bindings,
         dm.grid(WG),
     );
     gpu.launch(

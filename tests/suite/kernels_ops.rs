@@ -587,23 +587,10 @@ fn adamw_step_and_sumsq_match_cpu_with_a_tail() {
             grad_scale: 0.5,
         };
         adamw_step(g, &pt, &mt, &vt, &gt, n_decay, &step);
-        let (d, nd) = (0..n_decay, n_decay..n);
-        adamw_step_cpu(
-            &mut p[d.clone()],
-            &mut m[d.clone()],
-            &mut v[d.clone()],
-            &gr[d],
-            true,
-            &step,
-        );
-        adamw_step_cpu(
-            &mut p[nd.clone()],
-            &mut m[nd.clone()],
-            &mut v[nd.clone()],
-            &gr[nd],
-            false,
-            &step,
-        );
+        for (r, decay) in [(0..n_decay, true), (n_decay..n, false)] {
+            let (pr, mr, vr) = (&mut p[r.clone()], &mut m[r.clone()], &mut v[r.clone()]);
+            adamw_step_cpu(pr, mr, vr, &gr[r], decay, &step);
+        }
         assert_close(
             &format!("params after step {t}"),
             &g.read(&pt).unwrap(),
