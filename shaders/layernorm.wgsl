@@ -224,6 +224,50 @@ fn layernorm_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
+// layernorm_backward_rows with the parameter gradients in the same launch (software adapters,
+// TEX): the first ceil(cols / 32) workgroups sum dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, one
+// quad of columns per lane of their first 8 lanes over every row (so that both of a 2-core
+// machine's threads get some), and the rest are layernorm_backward_rows's. One launch where the
+// two-pass sums below take two more.
+override ACCUM_P: bool = false;
+@compute @workgroup_size(WG)
+fn layernorm_backward_rows_params(@builtin(workgroup_id) wg: vec3<u32>,
+                                  @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
+    let g = wg.x + wg.y * nwg.x;
+    let nq = p.cols >> 2u;
+    let param_groups = (nq + 7u) / 8u;
+    if (g < param_groups) {
+        let j = g * 8u + lid;
+        if (lid < 8u && j < nq) { layernorm_param_quad(j, nq); }
+        return;
+    }
+    let row = (g - param_groups) * WG + lid;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    layernorm_backward_row_tex(base, MEAN[row], RSTD[row]);
+}
+
+// dw and db of columns 4j..4j + 4 from the staged X and DY (XT and BT).
+fn layernorm_param_quad(j: u32, nq: u32) {
+    var w = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    for (var r = 0u; r < p.rows; r++) {
+        let d = tex_quad(BT, r * nq + j);
+        w += d * ((tex_quad(XT, r * nq + j) - MEAN[r]) * RSTD[r]);
+        b += d;
+    }
+    let c = 4u * j;
+    if (ACCUM_P) {
+        w += vec4<f32>(ld_dw(c), ld_dw(c + 1u), ld_dw(c + 2u), ld_dw(c + 3u));
+        b += vec4<f32>(ld_db(c), ld_db(c + 1u), ld_db(c + 2u), ld_db(c + 3u));
+    }
+    st_dw(c, w.x, w.y, true);
+    st_dw(c + 2u, w.z, w.w, true);
+    st_db(c, b.x, b.y, true);
+    st_db(c + 2u, b.z, b.w, true);
+}
+
 // dw (+)= Σ_rows dy·x̂ and db (+)= Σ_rows dy, in two passes so that the rows are summed in
 // parallel: `layernorm_backward_partial` sums chunks of ROW_CHUNK rows into PART (chunk, 2, cols)
 // with one thread per column pair, and `layernorm_backward_params` adds up the chunks.

@@ -26,6 +26,20 @@ override B_TEX: bool = false;
 // ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
 override C_QUADS: bool = false;
 @group(0) @binding(9) var<storage, read_write> C4: array<vec4<u32>>;
+// A second f32 tensor shaped like C, in quads (C_QUADS only), for the activation's forward and
+// backward in the epilogue instead of a launch of their own: AUX_MODE 1 (training's fc1) stores
+// the pre-activation to C and ACT of it to AUX4; AUX_MODE 2 (dY·W into a GELU's input) multiplies
+// the product by ACT's derivative at AUX4, the saved pre-activation. The same f32 operations as
+// the separate GELU kernels, so the results are the same bits.
+override AUX_MODE: u32 = 0u;
+@group(0) @binding(10) var<storage, read_write> AUX4: array<vec4<u32>>;
+// A_MODE 2 in dW = dYᵀ·X: the row sums of A, Σ_rows dY (the bias gradient), from the same
+// loads instead of a launch of their own. Each lane adds up the K steps it loads; the first
+// column block's subgroups add the lanes' sums and store them to DB4 (f32 quads; added to with
+// ACCUM, as C is).
+override ROW_SUMS: bool = false;
+@group(0) @binding(11) var<storage, read_write> DB4: array<vec4<u32>>;
+var<private> rsum: array<vec4<f32>, 4>;
 
 // Quad q of B's words, from B_TEX_T or B4.
 fn b_quad(q: u32) -> vec4<f32> {
@@ -62,6 +76,7 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     let c0 = p.c_off + o * p.c_so + zi * p.c_si;
     let nb = wg.x * 16u * SG_RN + 2u * SG_RN * lane;
     for (var i = 0u; i < SG_RM * SG_RN; i++) { acc_sg[i] = vec2<f32>(0.0); }
+    for (var q = 0u; q < 4u; q++) { rsum[q] = vec4<f32>(0.0); }
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {
         let ka = k0 + lane;
         let kc = min(ka, p.k - 1u);
@@ -78,6 +93,7 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
             for (var q = 0u; q < 4u; q++) {
                 let m = min(m0 + 4u * q, p.m - 4u);
                 aq[q] = select(vec4<f32>(0.0), tex_quad(A_TEX, (a0 + m + kc * p.a_sk) >> 2u), ka < p.k);
+                if (ROW_SUMS) { rsum[q] += aq[q]; }
             }
         } else {
             for (var i = 0u; i < SG_RM; i++) {
@@ -107,6 +123,18 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
         kstep(k0, 6u, nb);
         kstep(k0, 7u, nb);
     }
+    if (ROW_SUMS && wg.x == 0u) {
+        for (var q = 0u; q < 4u; q++) {
+            let sum = subgroupAdd(rsum[q]);
+            // M % 4 == 0: a quad of rows is all inside M or all past it.
+            let m = m0 + 4u * q;
+            if (lane == 0u && m < p.m) {
+                var v = sum;
+                if (ACCUM) { v += bitcast<vec4<f32>>(DB4[m >> 2u]); }
+                DB4[m >> 2u] = bitcast<vec4<u32>>(v);
+            }
+        }
+    }
     // The lane's bias columns, loaded once rather than once per row: each load is a loop over
     // the lanes on llvmpipe, and at K = 64 the epilogue's loads cost as much as the K loop.
     for (var j = 0u; j < SG_RN; j++) {
@@ -120,9 +148,19 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
         let m = m0 + i;
         if (C_QUADS) {
             let s = vec4<f32>(acc_sg[0] + bv[0], acc_sg[1] + bv[1]);
-            var v = vec4<f32>(activate(s.x, ACT), activate(s.y, ACT), activate(s.z, ACT), activate(s.w, ACT));
             let q = (c0 + m * p.c_sm + nb) >> 2u;
             if (m < p.m && nb < p.n) {
+                var v = s;
+                if (AUX_MODE == 1u) {
+                    let y = vec4<f32>(activate(s.x, ACT), activate(s.y, ACT), activate(s.z, ACT), activate(s.w, ACT));
+                    AUX4[q] = bitcast<vec4<u32>>(y);
+                } else if (AUX_MODE == 2u) {
+                    let h = bitcast<vec4<f32>>(AUX4[q]);
+                    v = s * vec4<f32>(activate_grad(h.x, ACT), activate_grad(h.y, ACT),
+                                      activate_grad(h.z, ACT), activate_grad(h.w, ACT));
+                } else {
+                    v = vec4<f32>(activate(s.x, ACT), activate(s.y, ACT), activate(s.z, ACT), activate(s.w, ACT));
+                }
                 if (ACCUM) { v += bitcast<vec4<f32>>(C4[q]); }
                 C4[q] = bitcast<vec4<u32>>(v);
             }

@@ -168,14 +168,24 @@ impl<'g> Graph<'g> {
         let mut shape = x.t.shape.clone();
         *shape.last_mut().unwrap() = w.w.shape[0];
         let out = self.alloc(&shape)?;
-        let fused = if record { Act::None } else { act };
-        kernels::matmul::linear_forward(self.gpu, &out, &x.t, w.w, b.map(|b| b.w), fused);
-        let var = self.record_linear(record, x, w, b, false);
-        let node = Node { t: out, var };
-        if record && act != Act::None {
-            return self.gelu(&node, act);
+        if !record || act == Act::None {
+            kernels::matmul::linear_forward(self.gpu, &out, &x.t, w.w, b.map(|b| b.w), act);
+            let var = self.record_linear(record, x, w, b, false);
+            return Ok(Node { t: out, var });
         }
-        Ok(node)
+        let pre = self.alloc(&shape)?;
+        kernels::matmul::linear_forward_saved(self.gpu, &out, &pre, &x.t, w.w, b.map(|b| b.w), act);
+        let pv = self.record_linear(record, x, w, b, false);
+        let var = self.var(pv.is_some());
+        if let (Some(v), Some(xv)) = (var, pv) {
+            self.ops.push(Op::Gelu {
+                x: pre,
+                xv,
+                act,
+                out: v,
+            });
+        }
+        Ok(Node { t: out, var })
     }
 
     /// `a + (x · wᵀ + b)·scale[sample]`: a residual whose branch ends in a linear layer. Without
@@ -425,7 +435,8 @@ impl<'g> Graph<'g> {
             grads.insert(v, droot);
         }
         let ops = std::mem::take(&mut self.ops);
-        for op in ops.into_iter().rev() {
+        let mut ops = ops.into_iter().rev().peekable();
+        while let Some(op) = ops.next() {
             match op {
                 Op::Linear {
                     x,
@@ -439,17 +450,45 @@ impl<'g> Graph<'g> {
                     let Some(dy) = grads.remove(&out) else {
                         continue;
                     };
-                    if let Some(dw) = &dw {
-                        if cls {
-                            kernels::matmul::linear_backward_weight_cls(gpu, dw, &dy, &x, true);
-                        } else {
-                            kernels::matmul::linear_backward_weight(gpu, dw, &dy, &x, true);
+                    match (&dw, &db) {
+                        (Some(dw), Some(db)) if !cls => {
+                            kernels::matmul::linear_backward_weight_bias(gpu, dw, db, &dy, &x, true)
+                        }
+                        _ => {
+                            if let Some(dw) = &dw {
+                                if cls {
+                                    kernels::matmul::linear_backward_weight_cls(
+                                        gpu, dw, &dy, &x, true,
+                                    );
+                                } else {
+                                    kernels::matmul::linear_backward_weight(gpu, dw, &dy, &x, true);
+                                }
+                            }
+                            if let Some(db) = &db {
+                                kernels::matmul::bias_backward(gpu, db, &dy, true);
+                            }
                         }
                     }
-                    if let Some(db) = &db {
-                        kernels::matmul::bias_backward(gpu, db, &dy, true);
-                    }
-                    if let Some(xv) = xv {
+                    // A linear layer right after an activation only it reads (fc2 after
+                    // fc1's GELU: nothing later has added to that activation's gradient)
+                    // takes the activation's backward into its own product.
+                    let act_input = match ops.peek() {
+                        Some(Op::Gelu { out: g, .. })
+                            if !cls && Some(*g) == xv && !grads.contains_key(g) =>
+                        {
+                            ops.next()
+                        }
+                        _ => None,
+                    };
+                    if let Some(Op::Gelu {
+                        x: pre, xv, act, ..
+                    }) = act_input
+                    {
+                        let (dx, acc) = self.grad_slot(&mut grads, xv, &pre)?;
+                        kernels::matmul::linear_backward_input_act(
+                            gpu, &dx, &dy, &w, &pre, act, acc,
+                        )?;
+                    } else if let Some(xv) = xv {
                         let dx = self.grad_slot(&mut grads, xv, &x)?;
                         if cls {
                             kernels::matmul::linear_backward_input_cls(gpu, &dx.0, &dy, &w, dx.1);
@@ -471,15 +510,18 @@ impl<'g> Graph<'g> {
                     let Some(dy) = grads.remove(&out) else {
                         continue;
                     };
-                    if let (Some(dw), Some(db)) = (&dw, &db) {
-                        kernels::layernorm::layernorm_backward_params(
-                            gpu, dw, db, &dy, &x, &mean, &rstd, true,
-                        );
-                    }
+                    let params = match (&dw, &db) {
+                        (Some(dw), Some(db)) => Some((dw, db, true)),
+                        _ => None,
+                    };
                     if let Some(xv) = xv {
                         let (dx, acc) = self.grad_slot(&mut grads, xv, &x)?;
                         kernels::layernorm::layernorm_backward(
-                            gpu, &dx, None, None, &dy, &x, &w, &mean, &rstd, acc,
+                            gpu, &dx, params, &dy, &x, &w, &mean, &rstd, acc,
+                        );
+                    } else if let Some((dw, db, _)) = params {
+                        kernels::layernorm::layernorm_backward_params(
+                            gpu, dw, db, &dy, &x, &mean, &rstd, true,
                         );
                     }
                 }

@@ -115,13 +115,14 @@ pub fn layernorm_forward(
     );
 }
 
-/// `dinp (+)= ∂L/∂inp` for one layer norm, from the saved `mean`, `rstd`.
+/// `dinp (+)= ∂L/∂inp` for one layer norm, from the saved `mean`, `rstd` (adding to `dinp`
+/// with `accum`), and with `params = Some((dw, db, accum_params))` also
+/// [`layernorm_backward_params`]: one launch for all three on software adapters.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     gpu: &Gpu,
     dinp: &GpuTensor,
-    dw: Option<&GpuTensor>,
-    db: Option<&GpuTensor>,
+    params: Option<(&GpuTensor, &GpuTensor, bool)>,
     dout: &GpuTensor,
     inp: &GpuTensor,
     w: &GpuTensor,
@@ -136,7 +137,8 @@ pub fn layernorm_backward(
         eps: 0.0,
         _pad: 0,
     };
-    let (entry, wg, groups) = per_row(gpu, "layernorm_backward", "layernorm_backward_rows", rows);
+    let (mut entry, wg, mut groups) =
+        per_row(gpu, "layernorm_backward", "layernorm_backward_rows", rows);
     let mut ov = vec![
         ("X_F16", inp.dtype.is_f16()),
         ("W_F16", w.dtype.is_f16()),
@@ -146,17 +148,34 @@ pub fn layernorm_backward(
         ("WG", wg as f64),
     ];
     let textures = row_textures(gpu, cols, &mut ov, [inp, w, dout]);
+    let mut tensors = vec![(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)];
+    let mut separate = params;
+    if let Some((dw, db, accum_params)) = params {
+        if !textures.is_empty() && textures.iter().all(|(_, t)| t.is_some()) {
+            assert_eq!((dw.numel(), db.numel()), (cols, cols));
+            entry = "layernorm_backward_rows_params";
+            let param_groups = (cols as u32 / 4).div_ceil(8);
+            groups = grid(param_groups + (rows as u32).div_ceil(wg));
+            ov.extend([
+                ("DW_F16", dw.dtype.is_f16()),
+                ("ACCUM_P", flag(accum_params)),
+            ]);
+            // X, W and dY only as textures.
+            tensors = vec![(5, mean), (6, rstd), (8, dinp), (9, dw), (10, db)];
+            separate = None;
+        }
+    }
     gpu.launch_textured(
         &shader!("layernorm"),
         entry,
         &ov,
         &p,
-        &[(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)],
+        &tensors,
         &textures,
         groups,
     );
-    if let (Some(dw), Some(db)) = (dw, db) {
-        layernorm_backward_params(gpu, dw, db, dout, inp, mean, rstd, accum);
+    if let Some((dw, db, accum_params)) = separate {
+        layernorm_backward_params(gpu, dw, db, dout, inp, mean, rstd, accum_params);
     }
 }
 

@@ -93,6 +93,58 @@ fn gemm(
     act: Act,
     accum: bool,
 ) {
+    gemm_aux(gpu, c, a, b, bias, params, act, accum, None)
+}
+
+/// The activation in the subgroup kernel's epilogue, with a second tensor shaped like C
+/// (matmul_sg.wgsl's AUX_MODE): the launchers check [`fuses_aux`] first.
+#[derive(Clone, Copy)]
+enum Aux<'a> {
+    /// C gets the pre-activation, the tensor `act` of it.
+    SaveAct(&'a GpuTensor),
+    /// The product times `act`'s derivative at the tensor (a saved pre-activation).
+    ActGrad(&'a GpuTensor),
+    /// dW = dYᵀ·X also adding A's row sums (Σ_rows dY, the bias gradient) to the tensor.
+    RowSums(&'a GpuTensor),
+}
+
+/// Whether a product into `c` can run its activation's forward or backward in the epilogue
+/// against `aux` (the subgroup kernel storing quads of f32 C, and `aux` laid out as C).
+fn fuses_aux(gpu: &Gpu, p: &MatmulParams, c: &GpuTensor, aux: &GpuTensor) -> bool {
+    chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
+        && c_quads(c, p)
+        && f32_quads(aux)
+        && aux.shape == c.shape
+        && p.c_sm == p.n
+}
+
+/// Whether `t` can be bound as quads of f32.
+fn f32_quads(t: &GpuTensor) -> bool {
+    t.dtype == crate::gpu::DType::F32 && t.offset.is_multiple_of(16)
+}
+
+/// Whether the subgroup kernel's epilogue stores (and loads) C in quads: f32 C whose rows
+/// start at multiples of 4.
+fn c_quads(c: &GpuTensor, mm: &MatmulParams) -> bool {
+    let [c_off, c_so, c_si] = mm.c;
+    staging_on()
+        && c.dtype == crate::gpu::DType::F32
+        && (c_off | c_so | c_si | mm.c_sm | mm.n) & 3 == 0
+        && c.offset.is_multiple_of(16)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_aux(
+    gpu: &Gpu,
+    c: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    params: MatmulParams,
+    act: Act,
+    accum: bool,
+    aux: Option<Aux>,
+) {
     assert!(
         c.dtype != crate::gpu::DType::F16 || params.n.is_multiple_of(2),
         "f16 matmul output needs an even number of columns (got {})",
@@ -110,6 +162,10 @@ fn gemm(
     let bias_t = bias.unwrap_or(gpu.dummy());
     let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
     let variant = chosen(gpu, params.m, params.n, params.k);
+    assert!(
+        aux.is_none() || variant == Variant::Subgroup,
+        "an epilogue activation with a second tensor needs the subgroup kernel (fuses_aux)"
+    );
     let grid = |tm: u32, tn: u32, z: u32| [params.n.div_ceil(tn), params.m.div_ceil(tm), z];
     match variant {
         Variant::Direct => gpu.launch(
@@ -120,7 +176,7 @@ fn gemm(
             &bindings,
             grid(32, 32, 1),
         ),
-        Variant::Subgroup => launch_sg(gpu, &overrides, &params, [a, b, bias_t, c], 1),
+        Variant::Subgroup => launch_sg(gpu, &overrides, &params, [a, b, bias_t, c], 1, aux),
         Variant::Tiled => gpu.launch(
             &shader!("matmul"),
             "matmul_forward",
@@ -178,6 +234,7 @@ fn launch_sg(
     mm: &MatmulParams,
     [a, b, bias, c]: [&GpuTensor; 4],
     batches: u32,
+    aux: Option<Aux>,
 ) {
     assert_eq!(
         gpu.fixed_subgroup_size(),
@@ -198,9 +255,57 @@ fn launch_sg(
     };
     // A in quads along K (x·Wᵀ, dY·W) or along M (dYᵀ·X), and B in its quads, from staged
     // textures where the operand is f32 and fits one.
+    let a_mode = a_mode(gpu, a, mm);
+    let b_tex = matches!(mode, 1 | 2) && stageable(gpu, &[b]);
+    let c_quads = c_quads(c, mm);
+    let (aux_mode, aux_t, sums) = match aux {
+        None => (0, c, c),
+        Some(Aux::SaveAct(t)) => (1, t, c),
+        Some(Aux::ActGrad(t)) => (2, t, c),
+        Some(Aux::RowSums(t)) => (0, c, t),
+    };
+    assert!(
+        aux_mode == 0 || c_quads,
+        "AUX_MODE needs C_QUADS (fuses_aux)"
+    );
+    let row_sums = matches!(aux, Some(Aux::RowSums(_)));
+    assert!(
+        !row_sums || a_mode == 2,
+        "ROW_SUMS needs A_MODE 2 (fuses_row_sums)"
+    );
+    let mut ov = overrides.to_vec();
+    ov.push(("C_QUADS", flag(c_quads)));
+    ov.push(("B_MODE", mode as f64));
+    ov.push(("A_MODE", a_mode as f64));
+    ov.push(("B_TEX", flag(b_tex)));
+    ov.push(("AUX_MODE", aux_mode as f64));
+    ov.push(("ROW_SUMS", flag(row_sums)));
+    gpu.launch_textured(
+        &shader!("matmul_sg" after "matmul"),
+        "matmul_forward_sg",
+        &ov,
+        mm,
+        &[
+            (1, a),
+            (2, b),
+            (3, bias),
+            (4, c),
+            (6, b),
+            (9, c),
+            (10, aux_t),
+            (11, sums),
+        ],
+        &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
+        [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
+    );
+}
+
+/// How the subgroup kernel reads A: 0 element by element; from a staged texture in quads
+/// along K (1) or along M (2) where A is f32, fits one and its quads are whole runs.
+fn a_mode(gpu: &Gpu, a: &GpuTensor, mm: &MatmulParams) -> u32 {
     let [a_off, a_so, a_si] = mm.a;
     let a_starts = a_off | a_so | a_si;
-    let a_mode = if !stageable(gpu, &[a]) {
+    if !stageable(gpu, &[a]) {
         0
     } else if mm.a_sk == 1 && (a_starts | mm.a_sm | mm.k) & 3 == 0 {
         1
@@ -208,27 +313,7 @@ fn launch_sg(
         2
     } else {
         0
-    };
-    let b_tex = matches!(mode, 1 | 2) && stageable(gpu, &[b]);
-    let [c_off, c_so, c_si] = mm.c;
-    let c_quads = staging_on()
-        && c.dtype == crate::gpu::DType::F32
-        && (c_off | c_so | c_si | mm.c_sm | mm.n) & 3 == 0
-        && c.offset.is_multiple_of(16);
-    let mut ov = overrides.to_vec();
-    ov.push(("C_QUADS", flag(c_quads)));
-    ov.push(("B_MODE", mode as f64));
-    ov.push(("A_MODE", a_mode as f64));
-    ov.push(("B_TEX", flag(b_tex)));
-    gpu.launch_textured(
-        &shader!("matmul_sg" after "matmul"),
-        "matmul_forward_sg",
-        &ov,
-        mm,
-        &[(1, a), (2, b), (3, bias), (4, c), (6, b), (9, c)],
-        &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
-        [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
-    );
+    }
 }
 
 /// One operand of a batched product: element (row r, column c) of batch (o, i) lies at
@@ -295,7 +380,7 @@ pub fn batched_matmul(
         ("ACCUM", 0.0),
     ];
     let tensors = [a.t, b.t, gpu.dummy(), c.t];
-    launch_sg(gpu, &overrides, &params, tensors, u(outer * inner));
+    launch_sg(gpu, &overrides, &params, tensors, u(outer * inner), None);
 }
 
 /// Rows per subgroup and column pairs per lane of `matmul_forward_sg` (its SG_RM, SG_RN).
@@ -380,6 +465,28 @@ pub fn linear_forward_accum(
     linear(gpu, out, x, w, bias, Act::None, true)
 }
 
+/// Training's `out = act(pre)`, `pre = x · wᵀ + bias`, keeping the pre-activation for the
+/// backward: one launch where the subgroup kernel can store both from its epilogue, else the
+/// product and [`crate::kernels::gelu::gelu_forward`]. The same bits either way.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_saved(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    pre: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    act: Act,
+) {
+    let p = linear_params(x, w, pre);
+    if act != Act::None && fuses_aux(gpu, &p, pre, out) {
+        gemm_aux(gpu, pre, x, w, bias, p, act, false, Some(Aux::SaveAct(out)));
+    } else {
+        linear(gpu, pre, x, w, bias, Act::None, false);
+        super::gelu::gelu_forward(gpu, out, pre, act);
+    }
+}
+
 fn linear(
     gpu: &Gpu,
     out: &GpuTensor,
@@ -389,6 +496,12 @@ fn linear(
     act: Act,
     accum: bool,
 ) {
+    let p = linear_params(x, w, out);
+    gemm(gpu, out, x, w, bias, p, act, accum);
+}
+
+/// The product of `x · wᵀ` into `out`, its shapes checked.
+fn linear_params(x: &GpuTensor, w: &GpuTensor, out: &GpuTensor) -> MatmulParams {
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = x.rows();
     assert_eq!(
@@ -404,7 +517,7 @@ fn linear(
         "linear_forward: out {:?}",
         out.shape
     );
-    let p = MatmulParams {
+    MatmulParams {
         m: m as u32,
         n: n as u32,
         k: k as u32,
@@ -414,8 +527,7 @@ fn linear(
         b_sk: 1,
         b_sn: k as u32,
         ..SINGLE
-    };
-    gemm(gpu, out, x, w, bias, p, act, accum);
+    }
 }
 
 /// `dx (+)= dy · w`: dy (.., N), w (N, K), dx (.., K).
@@ -426,11 +538,17 @@ pub fn linear_backward_input(
     w: &GpuTensor,
     accum: bool,
 ) {
+    let p = input_grad_params(dx, dy, w);
+    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+}
+
+/// The product `dy · w` into `dx`, its shapes checked.
+fn input_grad_params(dx: &GpuTensor, dy: &GpuTensor, w: &GpuTensor) -> MatmulParams {
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = dy.rows();
     assert_eq!(dy.cols(), n);
     assert_eq!((dx.rows(), dx.cols()), (m, k));
-    let p = MatmulParams {
+    MatmulParams {
         m: m as u32,
         n: k as u32,
         k: n as u32,
@@ -440,8 +558,66 @@ pub fn linear_backward_input(
         b_sk: k as u32,
         b_sn: 1,
         ..SINGLE
-    };
-    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+    }
+}
+
+/// `dx (+)= (dy · w) ⊙ act'(pre)`: the gradient through a linear layer and the activation
+/// before it (fc2 after fc1's GELU), `pre` being that activation's saved input, shaped as dx.
+/// One launch where the subgroup kernel can apply the derivative in its epilogue, else the
+/// product into a scratch buffer and [`crate::kernels::gelu::gelu_backward`]. The same bits
+/// either way.
+pub fn linear_backward_input_act(
+    gpu: &Gpu,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    pre: &GpuTensor,
+    act: Act,
+    accum: bool,
+) -> anyhow::Result<()> {
+    let p = input_grad_params(dx, dy, w);
+    if fuses_aux(gpu, &p, dx, pre) {
+        gemm_aux(gpu, dx, dy, w, None, p, act, accum, Some(Aux::ActGrad(pre)));
+    } else {
+        let d = gpu.alloc(&dx.shape, dx.dtype)?;
+        gemm(gpu, &d, dy, w, None, p, Act::None, false);
+        super::gelu::gelu_backward(gpu, dx, &d, pre, act, accum);
+    }
+    Ok(())
+}
+
+/// `dw (+)= dyᵀ · x` and `db (+)= Σ_rows dy`: [`linear_backward_weight`] and [`bias_backward`]
+/// in one launch where the subgroup kernel reads dyᵀ in quads of rows (it sums them as it
+/// loads them), else in two.
+pub fn linear_backward_weight_bias(
+    gpu: &Gpu,
+    dw: &GpuTensor,
+    db: &GpuTensor,
+    dy: &GpuTensor,
+    x: &GpuTensor,
+    accum: bool,
+) {
+    let p = weight_grad_params(dw, dy, x);
+    let fused = chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
+        && a_mode(gpu, dy, &p) == 2
+        && f32_quads(db)
+        && db.numel() == dw.shape[0];
+    if fused {
+        gemm_aux(
+            gpu,
+            dw,
+            dy,
+            x,
+            None,
+            p,
+            Act::None,
+            accum,
+            Some(Aux::RowSums(db)),
+        );
+    } else {
+        gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+        bias_backward(gpu, db, dy, accum);
+    }
 }
 
 /// `dw (+)= dyᵀ · x`: dy (M, N), x (M, K), dw (N, K).
@@ -452,6 +628,12 @@ pub fn linear_backward_weight(
     x: &GpuTensor,
     accum: bool,
 ) {
+    let p = weight_grad_params(dw, dy, x);
+    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+}
+
+/// The product `dyᵀ · x` into `dw`, its shapes checked.
+fn weight_grad_params(dw: &GpuTensor, dy: &GpuTensor, x: &GpuTensor) -> MatmulParams {
     let (n, k) = (dw.shape[0], dw.shape[1]);
     let m = dy.rows();
     assert_eq!(
@@ -459,7 +641,7 @@ pub fn linear_backward_weight(
         (n, m, k),
         "linear_backward_weight shapes"
     );
-    let p = MatmulParams {
+    MatmulParams {
         m: n as u32,
         n: k as u32,
         k: m as u32,
@@ -469,8 +651,7 @@ pub fn linear_backward_weight(
         b_sk: k as u32,
         b_sn: 1,
         ..SINGLE
-    };
-    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+    }
 }
 
 /// `db (+)= Σ_rows dy`: dy (M, N), db (N).

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use vitgpu::gpu::DType;
+use vitgpu::kernels::gelu::gelu_backward_cpu;
 use vitgpu::kernels::matmul::*;
 
 // f32 storage: sums of ≤ 200 products of O(1) values; f32 accumulation error is ~1e-6 relative.
@@ -21,6 +22,9 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
         (45, 36, 20, Act::Gelu),
         // More than one 4096-texel row of a staging texture, and a partial last row.
         (300, 68, 72, Act::None),
+        // N a multiple of 4 with an activation: training's fc1 stores the pre-activation and
+        // the activation from one epilogue on the subgroup kernel.
+        (68, 40, 24, Act::GeluTanh),
     ] {
         let x = rand_vec(m * k, 1, 1.0);
         let w = rand_vec(n * k, 2, 1.0);
@@ -43,14 +47,28 @@ fn linear_forward_matches_cpu_on_awkward_shapes() {
         let res = g.upload(&r, &[m, n], DType::F32).unwrap();
         linear_forward_accum(g, &res, &xt, &wt, Some(&bt));
         let lin = linear_forward_cpu(&x, &w, Some(&b), Act::None, m, n, k);
-        let want: Vec<f32> = r.iter().zip(&lin).map(|(a, y)| a + y).collect();
+        let summed: Vec<f32> = r.iter().zip(&lin).map(|(a, y)| a + y).collect();
         assert_close(
             &format!("residual + linear {m}x{n}x{k}"),
             &g.read(&res).unwrap(),
-            &want,
+            &summed,
             ATOL,
             RTOL,
         );
+        // Training's form: the activation and its input, both kept.
+        if act != Act::None {
+            let pre = g.alloc(&[m, n], DType::F32).unwrap();
+            linear_forward_saved(g, &out, &pre, &xt, &wt, Some(&bt), act);
+            let what = format!("linear {m}x{n}x{k} {act:?} saved");
+            assert_close(&what, &g.read(&out).unwrap(), &want, ATOL, RTOL);
+            assert_close(
+                &format!("{what}: pre"),
+                &g.read(&pre).unwrap(),
+                &lin,
+                ATOL,
+                RTOL,
+            );
+        }
     }
 }
 
@@ -85,6 +103,38 @@ fn linear_backward_matches_cpu_at(m: usize, n: usize, k: usize) {
     assert_close("dw accumulated", &g.read(&dw).unwrap(), &twice, ATOL, RTOL);
     let twice: Vec<f32> = wdb.iter().map(|v| 2.0 * v).collect();
     assert_close("db accumulated", &g.read(&db).unwrap(), &twice, ATOL, RTOL);
+    // The weight and bias gradients from one launch (dyᵀ read in quads of rows: N % 4 == 0),
+    // added onto what is there.
+    let plus = |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+    let (prev_w, prev_b) = (rand_vec(n * k, 7, 1.0), rand_vec(n, 8, 1.0));
+    let dw = g.upload(&prev_w, &[n, k], DType::F32).unwrap();
+    let db = g.upload(&prev_b, &[n], DType::F32).unwrap();
+    linear_backward_weight_bias(g, &dw, &db, &dyt, &xt, true);
+    let what = format!("dw and db {m}x{n}x{k} (+=)");
+    assert_close(
+        &what,
+        &g.read(&dw).unwrap(),
+        &plus(&prev_w, &wdw),
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        &what,
+        &g.read(&db).unwrap(),
+        &plus(&prev_b, &wdb),
+        ATOL,
+        RTOL,
+    );
+    // The gradient through the linear layer and the GELU before it (fc2 after fc1), added onto
+    // a non-zero dx: (dy·W) ⊙ gelu'(pre).
+    let pre = rand_vec(m * k, 9, 2.0);
+    let prev = rand_vec(m * k, 10, 1.0);
+    let pret = g.upload(&pre, &[m, k], DType::F32).unwrap();
+    let dx = g.upload(&prev, &[m, k], DType::F32).unwrap();
+    linear_backward_input_act(g, &dx, &dyt, &wt, &pret, Act::Gelu, true).unwrap();
+    let want = plus(&prev, &gelu_backward_cpu(&wdx, &pre, Act::Gelu));
+    let what = format!("dx through GELU {m}x{n}x{k} (+=)");
+    assert_close(&what, &g.read(&dx).unwrap(), &want, ATOL, RTOL);
 }
 
 fn linear_f16_storage_within_half_precision() {

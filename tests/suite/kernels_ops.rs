@@ -35,11 +35,13 @@ fn layernorm_variants_match_pytorch_and_cpu() {
 }
 
 /// The row kernels with their f32 operands staged as textures (cols % 4 == 0) and on storage
-/// reads, against the CPU reference, with the backward accumulating onto a non-zero dx.
+/// reads, against the CPU reference, with the backward accumulating onto a non-zero dx, dw and
+/// db (staged, the three are one launch).
 #[test]
 fn layernorm_rows_from_textures_and_storage_match_cpu() {
     let g = gpu();
-    let (rows, cols) = (9, 64);
+    // 131 rows: three row workgroups after the parameter sums' two.
+    let (rows, cols) = (131, 64);
     let x: Vec<f32> = rand_vec(rows * cols, 21, 2.0)
         .iter()
         .map(|v| v + 0.3)
@@ -49,8 +51,11 @@ fn layernorm_rows_from_textures_and_storage_match_cpu() {
     let dyv = rand_vec(rows * cols, 24, 1.0);
     let prev = rand_vec(rows * cols, 25, 1.0);
     let (want, _, _) = layernorm_forward_cpu(&x, &w, &b, cols, 1e-5);
-    let (wdx, _, _) = layernorm_backward_cpu(&dyv, &x, &w, cols, 1e-5);
-    let wdx: Vec<f32> = wdx.iter().zip(&prev).map(|(d, p)| d + p).collect();
+    let (wdx, wdw, wdb) = layernorm_backward_cpu(&dyv, &x, &w, cols, 1e-5);
+    let plus = |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+    let prev_w = rand_vec(cols, 26, 1.0);
+    let prev_b = rand_vec(cols, 27, 1.0);
+    let (wdx, wdw, wdb) = (plus(&wdx, &prev), plus(&wdw, &prev_w), plus(&wdb, &prev_b));
     let run = || {
         let up = |v: &[f32], s: &[usize]| g.upload(v, s, DType::F32).unwrap();
         let (xt, wt, bt) = (up(&x, &[rows, cols]), up(&w, &[cols]), up(&b, &[cols]));
@@ -59,20 +64,21 @@ fn layernorm_rows_from_textures_and_storage_match_cpu() {
         let rstd = g.alloc(&[rows], DType::F32).unwrap();
         layernorm_forward(g, &out, &mean, &rstd, &xt, &wt, &bt, 1e-5);
         let dx = up(&prev, &[rows, cols]);
+        let (dw, db) = (up(&prev_w, &[cols]), up(&prev_b, &[cols]));
         let dy = up(&dyv, &[rows, cols]);
-        layernorm_backward(g, &dx, None, None, &dy, &xt, &wt, &mean, &rstd, true);
-        (g.read(&out).unwrap(), g.read(&dx).unwrap())
+        let params = Some((&dw, &db, true));
+        layernorm_backward(g, &dx, params, &dy, &xt, &wt, &mean, &rstd, true);
+        let read = |t| g.read(t).unwrap();
+        (read(&out), read(&dx), read(&dw), read(&db))
     };
     with_row_variant(true, || {
-        for (name, (out, dx)) in [("textures", run()), ("storage", without_textures(run))] {
+        for (name, got) in [("textures", run()), ("storage", without_textures(run))] {
+            let (out, dx, dw, db) = got;
             assert_close(&format!("layernorm rows {name}"), &out, &want, ATOL, RTOL);
-            assert_close(
-                &format!("layernorm rows {name} dx (+=)"),
-                &dx,
-                &wdx,
-                ATOL,
-                RTOL,
-            );
+            for (what, got, want) in [("dx", dx, &wdx), ("dw", dw, &wdw), ("db", db, &wdb)] {
+                let what = format!("layernorm rows {name} {what} (+=)");
+                assert_close(&what, &got, want, ATOL, RTOL);
+            }
         }
     });
 }
@@ -103,8 +109,7 @@ fn layernorm_matches_pytorch_impl() {
     layernorm_backward(
         g,
         &dx,
-        Some(&dw),
-        Some(&db),
+        Some((&dw, &db, false)),
         &dy,
         &xt,
         &wt,
@@ -157,8 +162,7 @@ fn layernorm_odd_width_and_f16_storage_impl() {
         layernorm_backward(
             g,
             &dx,
-            Some(&dw),
-            Some(&db),
+            Some((&dw, &db, false)),
             &dy,
             &xt,
             &wt,
