@@ -38,6 +38,12 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> V4: array<vec4<f32>>;
 
 override WG: u32 = 256u;
+// Software adapters: adamw_step4 reads the gradients and moments from staged textures (a
+// texel fetch for all lanes at once on llvmpipe, where a storage load loops over them).
+override TEX: bool = false;
+@group(0) @binding(11) var GRAD_T: texture_2d<u32>;
+@group(0) @binding(12) var M_T: texture_2d<u32>;
+@group(0) @binding(13) var V_T: texture_2d<u32>;
 
 // Same operation order as torch.optim.AdamW (single-tensor path), element by element from
 // `p.first` (the launcher runs it on what `adamw_step4`'s quads leave).
@@ -62,13 +68,24 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 fn adamw_step4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let q = flat_id(gid, nwg, WG);
     if (q >= p.n / 4u) { return; }
-    let g = GRAD4[q] * p.grad_scale;
+    var g: vec4<f32>;
+    var m: vec4<f32>;
+    var v: vec4<f32>;
+    if (TEX) {
+        g = tex_quad(GRAD_T, q);
+        m = tex_quad(M_T, q);
+        v = tex_quad(V_T, q);
+    } else {
+        g = GRAD4[q];
+        m = M4[q];
+        v = V4[q];
+    }
+    g *= p.grad_scale;
     var w = PARAM4[q];
     let idx = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
     w = select(w, w * (1.0 - p.lr * p.weight_decay), idx < vec4<u32>(p.n_decay));
-    var m = M4[q];
     m = m + (1.0 - p.beta1) * (g - m);
-    let v = V4[q] * p.beta2 + (1.0 - p.beta2) * g * g;
+    v = v * p.beta2 + (1.0 - p.beta2) * g * g;
     M4[q] = m;
     V4[q] = v;
     let denom = sqrt(v) / p.bc2_sqrt + p.eps;
@@ -86,7 +103,8 @@ fn adamw_sumsq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let stride = nwg.x * WG;
     var s4 = vec4<f32>(0.0);
     for (var q = wg.x * WG + lid; q < p.n / 4u; q += stride) {
-        let g = GRAD4[q];
+        var g: vec4<f32>;
+        if (TEX) { g = tex_quad(GRAD_T, q); } else { g = GRAD4[q]; }
         s4 = fma(g, g, s4);
     }
     var s = (s4.x + s4.y) + (s4.z + s4.w);

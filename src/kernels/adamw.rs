@@ -1,7 +1,7 @@
 //! AdamW family (`shaders/adamw.wgsl`): the fused optimizer step over one flat parameter
 //! buffer, the gradient sum of squares (clipping, inf/NaN check) and the f16 weight copy.
 
-use super::common::grid;
+use super::common::{flag, grid, stageable};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use anyhow::Result;
@@ -82,12 +82,20 @@ pub fn adamw_step(
         .all(|t| t.dtype == DType::F32 && t.numel() == n));
     let mut p = step.params(n, n_decay);
     let quads = (n / 4) as u32;
-    gpu.launch(
+    // Software adapters read the gradients and moments from staged textures; the copies of
+    // the moments are made before the launch writes them.
+    let tex = gpu.is_software() && stageable(gpu, &[grads, m, v]);
+    gpu.launch_textured(
         &shader!("adamw"),
         "adamw_step4",
-        &[("WG", WG as f64)],
+        &[("WG", WG as f64), ("TEX", flag(tex))],
         &p,
         &[(7, params), (8, grads), (9, m), (10, v)],
+        &[
+            (11, tex.then_some(grads)),
+            (12, tex.then_some(m)),
+            (13, tex.then_some(v)),
+        ],
         grid(quads.div_ceil(WG)),
     );
     // The last n % 4 elements (none for the optimizer's flat buffers, padded to 128).
@@ -109,12 +117,19 @@ pub fn grad_sumsq(gpu: &Gpu, grads: &GpuTensor, partial: &GpuTensor) -> Result<f
         n: grads.numel() as u32,
         ..Default::default()
     };
-    gpu.launch(
+    // Software adapters: one 8-lane workgroup per partial sum. llvmpipe runs a workgroup as
+    // SIMD batches of 8 and switches between all of them at every barrier: the 256-wide tree
+    // reduction was 32 batches × 9 barriers per workgroup, for about one quad each.
+    // Their quads come from a staged texture there.
+    let wg = if gpu.is_software() { 8 } else { WG };
+    let tex = gpu.is_software() && stageable(gpu, &[grads]);
+    gpu.launch_textured(
         &shader!("adamw"),
         "adamw_sumsq",
-        &[("WG", WG as f64)],
+        &[("WG", wg as f64), ("TEX", flag(tex))],
         &p,
         &[(2, grads), (5, partial), (8, grads)],
+        &[(11, tex.then_some(grads))],
         [groups, 1, 1],
     );
     Ok(gpu.read(partial)?.iter().map(|&x| x as f64).sum())
