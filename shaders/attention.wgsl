@@ -52,6 +52,13 @@ struct Params {
 // launch replaces the matmul path's three (forward) or seven (backward).
 @group(0) @binding(13) var QKV_T: texture_2d<u32>;
 @group(0) @binding(14) var DOUT_T: texture_2d<u32>;
+// Their own rows come from the textures too (the forward's output at 15 for dq's delta), and
+// go out as quads of f32 (OUT and DQKV bound again as vec4 arrays): a storage load or store
+// is a loop over the lanes on llvmpipe, and at T = 17 the rows' loads and stores cost as much
+// as the loop over the other side.
+@group(0) @binding(15) var OUT_T: texture_2d<u32>;
+@group(0) @binding(16) var<storage, read_write> OUT4: array<vec4<u32>>;
+@group(0) @binding(17) var<storage, read_write> DQKV4: array<vec4<u32>>;
 // Rows per thread of the `*_tex` kernels, 1 to R_MAX.
 override RQ: u32 = 1u;
 const R_MAX: u32 = 4u;
@@ -311,9 +318,9 @@ fn attention_forward_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     var l: array<f32, R_MAX>;
     for (var r = 0u; r < RQ; r++) {
         // Rows past T compute on row T−1 and store nothing.
-        let qi = qkv_index(b, min(i0 + r * WG, p.t - 1u), h, 0u);
+        let ii = min(i0 + r * WG, p.t - 1u);
         for (var d = 0u; d < HQ; d++) {
-            q[r * HQ + d] = ld4_qkv(qi, d, HD) * p.scale;
+            q[r * HQ + d] = qkv_tex(b, ii, h, 0u, d) * p.scale;
             acc[r * HQ + d] = vec4<f32>(0.0);
         }
         m[r] = NEG_BIG;
@@ -342,8 +349,8 @@ fn attention_forward_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         let i = i0 + r * WG;
         if (i < p.t) {
             let inv = 1.0 / l[r];
-            let oi = out_index(b, i, h);
-            for (var d = 0u; d < HQ; d++) { st4_out(oi, d, HD, acc[r * HQ + d] * inv); }
+            let oi = out_index(b, i, h) >> 2u;
+            for (var d = 0u; d < HQ; d++) { OUT4[oi + d] = bitcast<vec4<u32>>(acc[r * HQ + d] * inv); }
             LSE[bh * p.t + i] = m[r] + log(l[r]);
         }
     }
@@ -366,14 +373,13 @@ fn attention_backward_dq_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
     var lse: array<f32, R_MAX>;
     for (var r = 0u; r < RQ; r++) {
         let ii = min(i0 + r * WG, p.t - 1u);
-        let qi = qkv_index(b, ii, h, 0u);
-        let oi = out_index(b, ii, h);
+        let oi = out_index(b, ii, h) >> 2u;
         var delta4 = vec4<f32>(0.0);
         for (var d = 0u; d < HQ; d++) {
-            q[r * HQ + d] = ld4_qkv(qi, d, HD) * p.scale;
-            dout[r * HQ + d] = ld4_dout(oi, d, HD);
+            q[r * HQ + d] = qkv_tex(b, ii, h, 0u, d) * p.scale;
+            dout[r * HQ + d] = tex_quad(DOUT_T, oi + d);
             dq[r * HQ + d] = vec4<f32>(0.0);
-            delta4 = fma(dout[r * HQ + d], ld4_out_in(oi, d, HD), delta4);
+            delta4 = fma(dout[r * HQ + d], tex_quad(OUT_T, oi + d), delta4);
         }
         delta[r] = hsum(delta4);
         lse[r] = LSE_IN[bh * p.t + ii];
@@ -400,8 +406,8 @@ fn attention_backward_dq_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
         let i = i0 + r * WG;
         if (i < p.t) {
             DELTA[bh * p.t + i] = delta[r];
-            let gi = qkv_index(b, i, h, 0u);
-            for (var d = 0u; d < HQ; d++) { st4_dqkv(gi, d, HD, dq[r * HQ + d] * p.scale); }
+            let gi = qkv_index(b, i, h, 0u) >> 2u;
+            for (var d = 0u; d < HQ; d++) { DQKV4[gi + d] = bitcast<vec4<u32>>(dq[r * HQ + d] * p.scale); }
         }
     }
 }
@@ -422,11 +428,9 @@ fn attention_backward_dkdv_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(nu
     var dv: array<vec4<f32>, 64>;
     for (var r = 0u; r < RQ; r++) {
         let jj = min(j0 + r * WG, p.t - 1u);
-        let ki = qkv_index(b, jj, h, 1u);
-        let vi = qkv_index(b, jj, h, 2u);
         for (var d = 0u; d < HQ; d++) {
-            k[r * HQ + d] = ld4_qkv(ki, d, HD);
-            v[r * HQ + d] = ld4_qkv(vi, d, HD);
+            k[r * HQ + d] = qkv_tex(b, jj, h, 1u, d);
+            v[r * HQ + d] = qkv_tex(b, jj, h, 2u, d);
             dk[r * HQ + d] = vec4<f32>(0.0);
             dv[r * HQ + d] = vec4<f32>(0.0);
         }
@@ -459,11 +463,11 @@ fn attention_backward_dkdv_tex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(nu
     for (var r = 0u; r < RQ; r++) {
         let j = j0 + r * WG;
         if (j < p.t) {
-            let gk = qkv_index(b, j, h, 1u);
-            let gv = qkv_index(b, j, h, 2u);
+            let gk = qkv_index(b, j, h, 1u) >> 2u;
+            let gv = qkv_index(b, j, h, 2u) >> 2u;
             for (var d = 0u; d < HQ; d++) {
-                st4_dqkv(gk, d, HD, dk[r * HQ + d]);
-                st4_dqkv(gv, d, HD, dv[r * HQ + d]);
+                DQKV4[gk + d] = bitcast<vec4<u32>>(dk[r * HQ + d]);
+                DQKV4[gv + d] = bitcast<vec4<u32>>(dv[r * HQ + d]);
             }
         }
     }

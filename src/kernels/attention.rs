@@ -163,17 +163,20 @@ pub const TEX_MAX_T: usize = 1024;
 /// spilling out of the 16 vector registers, so it keeps the matmuls.
 pub const TEX_MAX_D: usize = 32;
 
-/// Whether attention runs on the `*_tex` kernels, which read the other side's rows straight
-/// from staged textures: software adapters, `staged` fitting textures, every tensor f32, head
-/// dim a multiple of 4 and at most [`TEX_MAX_D`], sequences up to [`TEX_MAX_T`].
-fn tex_path(gpu: &Gpu, dm: Dims, staged: &[&GpuTensor], others: &[&GpuTensor]) -> bool {
+/// Whether attention runs on the `*_tex` kernels, which read their rows straight from staged
+/// textures: software adapters, `staged` fitting textures, `stored` f32 quads (they are written
+/// as vec4s), head dim a multiple of 4 and at most [`TEX_MAX_D`], sequences up to
+/// [`TEX_MAX_T`].
+fn tex_path(gpu: &Gpu, dm: Dims, staged: &[&GpuTensor], stored: &[&GpuTensor]) -> bool {
     gpu.is_software()
         && PATH.with(|c| c.get()) == Path::Auto
         && dm.t <= TEX_MAX_T
         && dm.d <= TEX_MAX_D
         && dm.d.is_multiple_of(4)
         && stageable(gpu, staged)
-        && others.iter().all(|t| t.dtype == DType::F32)
+        && stored
+            .iter()
+            .all(|t| t.dtype == DType::F32 && t.offset.is_multiple_of(16))
 }
 
 /// (threads per workgroup, rows per thread) of the `*_tex` kernels: one 8-wide subgroup
@@ -366,7 +369,7 @@ pub fn attention_forward(
             "attention_forward_tex",
             &[("HD", dm.d as f64), ("WG", wg as f64), ("RQ", rq as f64)],
             &dm.params(),
-            &[(1, qkv), (2, out), (3, lse)],
+            &[(3, lse), (16, out)],
             &[(13, Some(qkv))],
             dm.grid(wg * rq),
         );
@@ -414,16 +417,7 @@ pub fn attention_backward(
         !std::sync::Arc::ptr_eq(&dqkv.buffer, &qkv.buffer),
         "attention_backward: dqkv and qkv must be different buffers"
     );
-    // The dq kernels (both variants) read out for delta and write it.
-    let dq_bindings = [
-        (1, qkv),
-        (4, dout),
-        (5, out),
-        (6, lse),
-        (7, delta),
-        (9, dqkv),
-    ];
-    if tex_path(gpu, dm, &[qkv, dout], &[out, dqkv]) {
+    if tex_path(gpu, dm, &[qkv, dout, out], &[dqkv]) {
         let (wg, rq) = tex_shape(dm);
         let ov = [("HD", dm.d as f64), ("WG", wg as f64), ("RQ", rq as f64)];
         let p = dm.params();
@@ -432,8 +426,8 @@ pub fn attention_backward(
             "attention_backward_dq_tex",
             &ov,
             &p,
-            &dq_bindings,
-            &[(13, Some(qkv))],
+            &[(6, lse), (7, delta), (17, dqkv)],
+            &[(13, Some(qkv)), (14, Some(dout)), (15, Some(out))],
             dm.grid(wg * rq),
         );
         return gpu.launch_textured(
@@ -441,7 +435,7 @@ pub fn attention_backward(
             "attention_backward_dkdv_tex",
             &ov,
             &p,
-            &[(1, qkv), (6, lse), (8, delta), (9, dqkv)],
+            &[(6, lse), (8, delta), (17, dqkv)],
             &[(13, Some(qkv)), (14, Some(dout))],
             dm.grid(wg * rq),
         );
@@ -463,7 +457,15 @@ pub fn attention_backward(
         "attention_backward_dq",
         &ov,
         &p,
-        &dq_bindings,
+        // The dq kernel reads out for delta and writes it.
+        &[
+            (1, qkv),
+            (4, dout),
+            (5, out),
+            (6, lse),
+            (7, delta),
+            (9, dqkv),
+        ],
         dm.grid(WG),
     );
     gpu.launch(
