@@ -65,6 +65,8 @@ impl AdamWStep {
 }
 
 const WG: u32 = 256;
+/// Elements per launch of the staged AdamW step (4 MiB textures: 256 rows of 4096 quads).
+const TEX_CHUNK: usize = 1 << 20;
 
 /// One AdamW step on flat f32 `params`; elements `[0, n_decay)` are decayed.
 pub fn adamw_step(
@@ -82,22 +84,36 @@ pub fn adamw_step(
         .all(|t| t.dtype == DType::F32 && t.numel() == n));
     let mut p = step.params(n, n_decay);
     let quads = (n / 4) as u32;
-    // Software adapters read the gradients and moments from staged textures; the copies of
-    // the moments are made before the launch writes them.
-    let tex = gpu.is_software() && stageable(gpu, &[grads, m, v]);
-    gpu.launch_textured(
-        &shader!("adamw"),
-        "adamw_step4",
-        &[("WG", WG as f64), ("TEX", flag(tex))],
-        &p,
-        &[(7, params), (8, grads), (9, m), (10, v)],
-        &[
-            (11, tex.then_some(grads)),
-            (12, tex.then_some(m)),
-            (13, tex.then_some(v)),
-        ],
-        grid(quads.div_ceil(WG)),
-    );
+    // Software adapters read the gradients and moments from staged textures (the copies of
+    // the moments are made before the launch writes them), TEX_CHUNK elements per launch so
+    // that the staging textures stay the size the activations gave them.
+    let grad_quads = grads.view(0, &[4 * quads as usize]);
+    if gpu.is_software() && stageable(gpu, &[&grad_quads]) {
+        for c0 in (0..4 * quads as usize).step_by(TEX_CHUNK) {
+            let len = TEX_CHUNK.min(4 * quads as usize - c0);
+            let [pc, gc, mc, vc] = [params, grads, m, v].map(|t| t.view(c0, &[len]));
+            let pp = step.params(len, n_decay.saturating_sub(c0).min(len));
+            gpu.launch_textured(
+                &shader!("adamw"),
+                "adamw_step4",
+                &[("WG", WG as f64), ("TEX", 1.0)],
+                &pp,
+                &[(7, &pc), (8, &gc), (9, &mc), (10, &vc)],
+                &[(11, Some(&gc)), (12, Some(&mc)), (13, Some(&vc))],
+                grid((len as u32 / 4).div_ceil(WG)),
+            );
+        }
+    } else {
+        gpu.launch_textured(
+            &shader!("adamw"),
+            "adamw_step4",
+            &[("WG", WG as f64), ("TEX", 0.0)],
+            &p,
+            &[(7, params), (8, grads), (9, m), (10, v)],
+            &[(11, None), (12, None), (13, None)],
+            grid(quads.div_ceil(WG)),
+        );
+    }
     // The last n % 4 elements (none for the optimizer's flat buffers, padded to 128).
     p.first = 4 * quads;
     gpu.launch(
@@ -122,7 +138,7 @@ pub fn grad_sumsq(gpu: &Gpu, grads: &GpuTensor, partial: &GpuTensor) -> Result<f
     // reduction was 32 batches × 9 barriers per workgroup, for about one quad each.
     // Their quads come from a staged texture there.
     let wg = if gpu.is_software() { 8 } else { WG };
-    let tex = gpu.is_software() && stageable(gpu, &[grads]);
+    let tex = gpu.is_software() && grads.numel() <= TEX_CHUNK && stageable(gpu, &[grads]);
     gpu.launch_textured(
         &shader!("adamw"),
         "adamw_sumsq",

@@ -560,14 +560,15 @@ fn adamw_with_global_norm_clipping_matches_torch() {
 
 /// The step runs on quads and then element by element on the last n % 4; a decay boundary
 /// inside a quad and a tail of 3 exercise both, against the CPU reference (same operation
-/// order, so only sqrt/division rounding differs), and so does the sum of squares. Without a
-/// tail the buffers can be staged (software adapters read them from textures then); the same
-/// size runs on storage reads too.
+/// order, so only sqrt/division rounding differs), and so does the sum of squares. Software
+/// adapters read the quads from staged textures, 2^20 elements per launch: the last case
+/// spans two launches and the tail, with the decay boundary in the second. The first runs on
+/// storage reads too.
 #[test]
 fn adamw_step_and_sumsq_match_cpu_with_a_tail() {
     adamw_step_and_sumsq_case(1003, 501);
-    adamw_step_and_sumsq_case(1000, 501);
-    without_textures(|| adamw_step_and_sumsq_case(1000, 501));
+    without_textures(|| adamw_step_and_sumsq_case(1003, 501));
+    adamw_step_and_sumsq_case((1 << 20) + 1003, (1 << 20) + 501);
 }
 
 fn adamw_step_and_sumsq_case(n: usize, n_decay: usize) {
