@@ -109,6 +109,10 @@ override TEX: bool = false;
 @group(0) @binding(12) var XT: texture_2d<u32>;
 @group(0) @binding(13) var WT: texture_2d<u32>;
 @group(0) @binding(14) var BT: texture_2d<u32>;
+// With TEX, Y and DX (f32) are also bound as quads: a storage load or store is a loop over the
+// lanes on llvmpipe whatever its width, so a row's pair stores cost twice its quad stores.
+@group(0) @binding(15) var<storage, read_write> Y4: array<vec4<u32>>;
+@group(0) @binding(16) var<storage, read_write> DX4: array<vec4<u32>>;
 
 // Software adapters: one invocation per row and no barriers. llvmpipe runs a workgroup's
 // invocations as SIMD lanes and every barrier as a coroutine switch of each of them, which
@@ -143,7 +147,7 @@ fn layernorm_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     RSTD[row] = rstd;
 }
 
-// layernorm_forward_rows on staged X, W and B (Y stored in pairs as above).
+// layernorm_forward_rows on staged X, W and B, Y stored in quads.
 fn layernorm_forward_row_tex(row: u32, base: u32) {
     let q0 = base >> 2u;
     let nq = p.cols >> 2u;
@@ -158,8 +162,7 @@ fn layernorm_forward_row_tex(row: u32, base: u32) {
     let rstd = inverseSqrt(q / f32(p.cols) + p.eps);
     for (var j = 0u; j < nq; j++) {
         let y = (tex_quad(XT, q0 + j) - mean) * rstd * tex_quad(WT, j) + tex_quad(BT, j);
-        st_y(base + 4u * j, y.x, y.y, true);
-        st_y(base + 4u * j + 2u, y.z, y.w, true);
+        Y4[q0 + j] = bitcast<vec4<u32>>(y);
     }
     MEAN[row] = mean;
     RSTD[row] = rstd;
@@ -181,10 +184,8 @@ fn layernorm_backward_row_tex(base: u32, mean: f32, rstd: f32) {
     for (var j = 0u; j < nq; j++) {
         let xh = (tex_quad(XT, q0 + j) - mean) * rstd;
         var v = rstd * (tex_quad(BT, q0 + j) * tex_quad(WT, j) - mg - xh * mgx);
-        let c = base + 4u * j;
-        if (ACCUM) { v += vec4<f32>(ld_dx(c), ld_dx(c + 1u), ld_dx(c + 2u), ld_dx(c + 3u)); }
-        st_dx(c, v.x, v.y, true);
-        st_dx(c + 2u, v.z, v.w, true);
+        if (ACCUM) { v += bitcast<vec4<f32>>(DX4[q0 + j]); }
+        DX4[q0 + j] = bitcast<vec4<u32>>(v);
     }
 }
 

@@ -56,18 +56,22 @@ fn per_row(
 }
 
 /// The row kernels' textures (bindings 12–14: `x`, `w` and `third`, staged where all are f32
-/// with rows of whole quads), with the `TEX` override pushed onto `ov`; none for the
-/// workgroup-per-row kernels, which do not bind them.
+/// with rows of whole quads and `stored`, the output, is f32 quads), with the `TEX` override
+/// pushed onto `ov`; none for the workgroup-per-row kernels, which do not bind them.
 fn row_textures<'a>(
     gpu: &Gpu,
     cols: usize,
     ov: &mut Vec<(&'static str, f64)>,
     tensors: [&'a GpuTensor; 3],
+    stored: &GpuTensor,
 ) -> Vec<(u32, Option<&'a GpuTensor>)> {
     if !row_variant(gpu) {
         return vec![];
     }
-    let tex = cols.is_multiple_of(4) && stageable(gpu, &tensors);
+    let tex = cols.is_multiple_of(4)
+        && stageable(gpu, &tensors)
+        && stored.dtype == crate::gpu::DType::F32
+        && stored.offset.is_multiple_of(16);
     ov.push(("TEX", flag(tex)));
     (12..).zip(tensors.map(|t| tex.then_some(t))).collect()
 }
@@ -103,13 +107,18 @@ pub fn layernorm_forward(
         ("Y_F16", out.dtype.is_f16()),
         ("WG", wg as f64),
     ];
-    let textures = row_textures(gpu, cols, &mut ov, [inp, w, b]);
+    let textures = row_textures(gpu, cols, &mut ov, [inp, w, b], out);
+    let mut tensors = vec![(1, inp), (2, w), (3, b), (4, out), (5, mean), (6, rstd)];
+    if !textures.is_empty() {
+        // The row kernel's quad stores.
+        tensors.push((15, out));
+    }
     gpu.launch_textured(
         &shader!("layernorm"),
         entry,
         &ov,
         &p,
-        &[(1, inp), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
+        &tensors,
         &textures,
         groups,
     );
@@ -147,8 +156,12 @@ pub fn layernorm_backward(
         ("ACCUM", flag(accum)),
         ("WG", wg as f64),
     ];
-    let textures = row_textures(gpu, cols, &mut ov, [inp, w, dout]);
+    let textures = row_textures(gpu, cols, &mut ov, [inp, w, dout], dinp);
     let mut tensors = vec![(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)];
+    if !textures.is_empty() {
+        // The row kernel's quad loads and stores.
+        tensors.push((16, dinp));
+    }
     let mut separate = params;
     if let Some((dw, db, accum_params)) = params {
         if !textures.is_empty() && textures.iter().all(|(_, t)| t.is_some()) {
@@ -161,7 +174,7 @@ pub fn layernorm_backward(
                 ("ACCUM_P", flag(accum_params)),
             ]);
             // X, W and dY only as textures.
-            tensors = vec![(5, mean), (6, rstd), (8, dinp), (9, dw), (10, db)];
+            tensors = vec![(5, mean), (6, rstd), (16, dinp), (9, dw), (10, db)];
             separate = None;
         }
     }
