@@ -28,12 +28,22 @@ struct Params {
 
 override ACCUM: bool = false;
 override WG: u32 = 256u;
+// The sizes the kernels divide by, again as overrides (the launcher sets them from Params):
+// llvmpipe divides lane values by a runtime value one lane at a time, an integer division
+// each, and by a constant with a multiply and shifts. patch_im2col's ten divisions per element
+// were most of its time.
+override CHANS: u32 = 1u;
+override PSIZE: u32 = 1u;
+override GRID_W: u32 = 1u;
+// grid_h · grid_w, the patches per image.
+override GRID_N: u32 = 1u;
+override HIDDEN: u32 = 2u;
 
 // cols[(b·Np + py·gw + px), (c·P + ky)·P + kx] = pix[b, c, py·P + ky, px·P + kx]; pixels are f32.
 @compute @workgroup_size(WG)
 fn patch_im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let kdim = p.chans * p.psize * p.psize;
-    let n = p.batch * p.grid_h * p.grid_w * kdim;
+    let kdim = CHANS * PSIZE * PSIZE;
+    let n = p.batch * GRID_N * kdim;
     let i = flat_id(gid, nwg, WG) * 2u;
     if (i >= n) { return; }
     var v: array<f32, 2>;
@@ -42,15 +52,15 @@ fn patch_im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (e < n) {
             let row = e / kdim;
             let col = e % kdim;
-            let b = row / (p.grid_h * p.grid_w);
-            let pi = row % (p.grid_h * p.grid_w);
-            let py = pi / p.grid_w;
-            let px = pi % p.grid_w;
-            let c = col / (p.psize * p.psize);
-            let ky = (col / p.psize) % p.psize;
-            let kx = col % p.psize;
-            let y = py * p.psize + ky;
-            let x = px * p.psize + kx;
+            let b = row / GRID_N;
+            let pi = row % GRID_N;
+            let py = pi / GRID_W;
+            let px = pi % GRID_W;
+            let c = col / (PSIZE * PSIZE);
+            let ky = (col / PSIZE) % PSIZE;
+            let kx = col % PSIZE;
+            let y = py * PSIZE + ky;
+            let x = px * PSIZE + kx;
             v[j] = PIX[((b * p.chans + c) * p.height + y) * p.width + x];
         }
     }
@@ -60,13 +70,13 @@ fn patch_im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 // out[b, t, :] = (t == 0 ? cls : patches[b, t − 1, :]) + pos[t, :]; hidden is even.
 @compute @workgroup_size(WG)
 fn embed_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tokens = p.grid_h * p.grid_w + 1u;
-    let n = p.batch * tokens * p.hidden;
+    let tokens = GRID_N + 1u;
+    let n = p.batch * tokens * HIDDEN;
     let i = flat_id(gid, nwg, WG) * 2u;
     if (i >= n) { return; }
-    let c = i % p.hidden;
-    let t = (i / p.hidden) % tokens;
-    let b = i / (p.hidden * tokens);
+    let c = i % HIDDEN;
+    let t = (i / HIDDEN) % tokens;
+    let b = i / (HIDDEN * tokens);
     var v: array<f32, 2>;
     for (var j = 0u; j < 2u; j++) {
         var x: f32;
@@ -79,25 +89,25 @@ fn embed_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 // dpatches[b, t − 1, :] = dout[b, t, :] for t ≥ 1.
 @compute @workgroup_size(WG)
 fn embed_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let np = p.grid_h * p.grid_w;
-    let n = p.batch * np * p.hidden;
+    let np = GRID_N;
+    let n = p.batch * np * HIDDEN;
     let i = flat_id(gid, nwg, WG) * 2u;
     if (i >= n) { return; }
-    let c = i % p.hidden;
-    let pi = (i / p.hidden) % np;
-    let b = i / (p.hidden * np);
-    let src = (b * (np + 1u) + pi + 1u) * p.hidden + c;
+    let c = i % HIDDEN;
+    let pi = (i / HIDDEN) % np;
+    let b = i / (HIDDEN * np);
+    let src = (b * (np + 1u) + pi + 1u) * HIDDEN + c;
     st2_dpatches(i, ld2_dout(src));
 }
 
 // dpos[t, c] (+)= Σ_b dout[b, t, c]; dcls[c] (+)= Σ_b dout[b, 0, c]. One thread per (t, c pair).
 @compute @workgroup_size(WG)
 fn embed_backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tokens = p.grid_h * p.grid_w + 1u;
+    let tokens = GRID_N + 1u;
     let i = flat_id(gid, nwg, WG) * 2u;
-    if (i >= tokens * p.hidden) { return; }
-    let c = i % p.hidden;
-    let t = i / p.hidden;
+    if (i >= tokens * HIDDEN) { return; }
+    let c = i % HIDDEN;
+    let t = i / HIDDEN;
     var s0 = 0.0;
     var s1 = 0.0;
     for (var b = 0u; b < p.batch; b++) {

@@ -22,6 +22,20 @@ struct EmbedParams {
 
 const WG: u32 = 256;
 
+impl EmbedParams {
+    /// The WGSL overrides that repeat the sizes the kernels divide by (see embed.wgsl).
+    fn divisors(&self) -> [(&'static str, f64); 5] {
+        let one = |v: u32| v.max(1) as f64;
+        [
+            ("CHANS", one(self.chans)),
+            ("PSIZE", one(self.psize)),
+            ("GRID_W", one(self.grid_w)),
+            ("GRID_N", one(self.grid_h * self.grid_w)),
+            ("HIDDEN", self.hidden.max(2) as f64),
+        ]
+    }
+}
+
 /// `cols (B·gh·gw, C·P·P)` from `pixels (B, C, H, W)` (f32), rows in raster patch order.
 pub fn patch_im2col(gpu: &Gpu, cols: &GpuTensor, pixels: &GpuTensor, patch: usize) {
     let [b, c, h, w] = pixels.shape[..] else {
@@ -41,7 +55,8 @@ pub fn patch_im2col(gpu: &Gpu, cols: &GpuTensor, pixels: &GpuTensor, patch: usiz
         hidden: 0,
     };
     let n = cols.numel() as u32;
-    let ov = [("COLS_F16", cols.dtype.is_f16()), ("WG", WG as f64)];
+    let mut ov = vec![("COLS_F16", cols.dtype.is_f16()), ("WG", WG as f64)];
+    ov.extend(p.divisors());
     gpu.launch(
         &shader!("embed"),
         "patch_im2col",
@@ -84,18 +99,20 @@ pub fn embed_forward(
         "embed_forward shapes"
     );
     assert_eq!(cls.dtype, pos.dtype);
-    let ov = [
+    let p = seq_params(b, t, c);
+    let mut ov = vec![
         ("PATCHES_F16", patches.dtype.is_f16()),
         ("W_F16", cls.dtype.is_f16()),
         ("OUT_F16", out.dtype.is_f16()),
         ("WG", WG as f64),
     ];
+    ov.extend(p.divisors());
     let n = out.numel() as u32;
     gpu.launch(
         &shader!("embed"),
         "embed_forward",
         &ov,
-        &seq_params(b, t, c),
+        &p,
         &[(3, patches), (4, cls), (5, pos), (6, out)],
         grid(n.div_ceil(2).div_ceil(WG)),
     );
@@ -119,11 +136,12 @@ pub fn embed_backward(
         "embed_backward shapes"
     );
     let p = seq_params(b, t, c);
-    let ov = [
+    let mut ov = vec![
         ("DOUT_F16", dout.dtype.is_f16()),
         ("DPATCHES_F16", dpatches.dtype.is_f16()),
         ("WG", WG as f64),
     ];
+    ov.extend(p.divisors());
     gpu.launch(
         &shader!("embed"),
         "embed_backward",
@@ -132,12 +150,13 @@ pub fn embed_backward(
         &[(7, dout), (8, dpatches)],
         grid((dpatches.numel() as u32).div_ceil(2).div_ceil(WG)),
     );
-    let ov = [
+    let mut ov = vec![
         ("DOUT_F16", dout.dtype.is_f16()),
         ("DW_F16", dpos.dtype.is_f16()),
         ("ACCUM", flag(accum)),
         ("WG", WG as f64),
     ];
+    ov.extend(p.divisors());
     gpu.launch(
         &shader!("embed"),
         "embed_backward_params",
