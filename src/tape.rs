@@ -176,15 +176,7 @@ impl<'g> Graph<'g> {
         let pre = self.alloc(&shape)?;
         kernels::matmul::linear_forward_saved(self.gpu, &out, &pre, &x.t, w.w, b.map(|b| b.w), act);
         let pv = self.record_linear(record, x, w, b, false);
-        let var = self.var(pv.is_some());
-        if let (Some(v), Some(xv)) = (var, pv) {
-            self.ops.push(Op::Gelu {
-                x: pre,
-                xv,
-                act,
-                out: v,
-            });
-        }
+        let var = self.record_gelu(&pre, pv, act);
         Ok(Node { t: out, var })
     }
 
@@ -257,16 +249,23 @@ impl<'g> Graph<'g> {
     pub fn gelu(&mut self, x: &Node, act: Act) -> Result<Node> {
         let out = self.alloc(&x.t.shape)?;
         kernels::gelu::gelu_forward(self.gpu, &out, &x.t, act);
-        let var = self.var(x.var.is_some());
-        if let (Some(v), Some(xv)) = (var, x.var) {
+        let var = self.record_gelu(&x.t, x.var, act);
+        Ok(Node { t: out, var })
+    }
+
+    /// Records `act` of `x` (on the tape as `xv`) and returns its output's id; None, and
+    /// nothing recorded, when `x` is not on the tape.
+    fn record_gelu(&mut self, x: &GpuTensor, xv: Option<Var>, act: Act) -> Option<Var> {
+        let var = self.var(xv.is_some());
+        if let (Some(v), Some(xv)) = (var, xv) {
             self.ops.push(Op::Gelu {
-                x: x.t.clone(),
+                x: x.clone(),
                 xv,
                 act,
                 out: v,
             });
         }
-        Ok(Node { t: out, var })
+        var
     }
 
     /// Layer norm over the last dimension with weight `w`, bias `b`.

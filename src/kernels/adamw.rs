@@ -87,31 +87,21 @@ pub fn adamw_step(
     // Software adapters read the gradients and moments from staged textures (the copies of
     // the moments are made before the launch writes them), TEX_CHUNK elements per launch so
     // that the staging textures stay the size the activations gave them.
-    let grad_quads = grads.view(0, &[4 * quads as usize]);
-    if gpu.is_software() && stageable(gpu, &[&grad_quads]) {
-        for c0 in (0..4 * quads as usize).step_by(TEX_CHUNK) {
-            let len = TEX_CHUNK.min(4 * quads as usize - c0);
-            let [pc, gc, mc, vc] = [params, grads, m, v].map(|t| t.view(c0, &[len]));
-            let pp = step.params(len, n_decay.saturating_sub(c0).min(len));
-            gpu.launch_textured(
-                &shader!("adamw"),
-                "adamw_step4",
-                &[("WG", WG as f64), ("TEX", 1.0)],
-                &pp,
-                &[(7, &pc), (8, &gc), (9, &mc), (10, &vc)],
-                &[(11, Some(&gc)), (12, Some(&mc)), (13, Some(&vc))],
-                grid((len as u32 / 4).div_ceil(WG)),
-            );
-        }
-    } else {
+    let len = 4 * quads as usize;
+    let tex = gpu.is_software() && stageable(gpu, &[&grads.view(0, &[len])]);
+    let chunk = if tex { TEX_CHUNK } else { len.max(1) };
+    for c0 in (0..len).step_by(chunk) {
+        let len = chunk.min(len - c0);
+        let [pc, gc, mc, vc] = [params, grads, m, v].map(|t| t.view(c0, &[len]));
+        let staged = |t| tex.then_some(t);
         gpu.launch_textured(
             &shader!("adamw"),
             "adamw_step4",
-            &[("WG", WG as f64), ("TEX", 0.0)],
-            &p,
-            &[(7, params), (8, grads), (9, m), (10, v)],
-            &[(11, None), (12, None), (13, None)],
-            grid(quads.div_ceil(WG)),
+            &[("WG", WG as f64), ("TEX", flag(tex))],
+            &step.params(len, n_decay.saturating_sub(c0).min(len)),
+            &[(7, &pc), (8, &gc), (9, &mc), (10, &vc)],
+            &[(11, staged(&gc)), (12, staged(&mc)), (13, staged(&vc))],
+            grid((len as u32 / 4).div_ceil(WG)),
         );
     }
     // The last n % 4 elements (none for the optimizer's flat buffers, padded to 128).

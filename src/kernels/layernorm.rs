@@ -157,6 +157,7 @@ pub fn layernorm_backward(
         ("WG", wg as f64),
     ];
     let textures = row_textures(gpu, cols, &mut ov, [inp, w, dout], dinp);
+    let staged = textures.iter().any(|(_, t)| t.is_some());
     let mut tensors = vec![(1, inp), (2, w), (5, mean), (6, rstd), (7, dout), (8, dinp)];
     if !textures.is_empty() {
         // The row kernel's quad loads and stores.
@@ -164,7 +165,7 @@ pub fn layernorm_backward(
     }
     let mut separate = params;
     if let Some((dw, db, accum_params)) = params {
-        if !textures.is_empty() && textures.iter().all(|(_, t)| t.is_some()) {
+        if staged {
             assert_eq!((dw.numel(), db.numel()), (cols, cols));
             entry = "layernorm_backward_rows_params";
             let param_groups = (cols as u32 / 4).div_ceil(8);

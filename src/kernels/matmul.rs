@@ -82,22 +82,8 @@ pub fn with_variant<R>(v: Variant, f: impl FnOnce() -> R) -> R {
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    gpu: &Gpu,
-    c: &GpuTensor,
-    a: &GpuTensor,
-    b: &GpuTensor,
-    bias: Option<&GpuTensor>,
-    params: MatmulParams,
-    act: Act,
-    accum: bool,
-) {
-    gemm_aux(gpu, c, a, b, bias, params, act, accum, None)
-}
-
-/// The activation in the subgroup kernel's epilogue, with a second tensor shaped like C
-/// (matmul_sg.wgsl's AUX_MODE): the launchers check [`fuses_aux`] first.
+/// A second output or operand of the subgroup kernel (matmul_sg.wgsl's AUX_MODE and
+/// ROW_SUMS): the launchers check [`fuses_aux`] or [`fuses_row_sums`] first.
 #[derive(Clone, Copy)]
 enum Aux<'a> {
     /// C gets the pre-activation, the tensor `act` of it.
@@ -118,6 +104,15 @@ fn fuses_aux(gpu: &Gpu, p: &MatmulParams, c: &GpuTensor, aux: &GpuTensor) -> boo
         && p.c_sm == p.n
 }
 
+/// Whether dW = Aᵀ·X (A = `dy`) can also sum A's rows into `db` as it loads them: the subgroup
+/// kernel reading A in quads of rows (A_MODE 2), `db` f32 quads with one element per row.
+fn fuses_row_sums(gpu: &Gpu, p: &MatmulParams, dy: &GpuTensor, db: &GpuTensor) -> bool {
+    chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
+        && a_mode(gpu, dy, p) == 2
+        && f32_quads(db)
+        && db.numel() == p.m as usize
+}
+
 /// Whether `t` can be bound as quads of f32.
 fn f32_quads(t: &GpuTensor) -> bool {
     t.dtype == crate::gpu::DType::F32 && t.offset.is_multiple_of(16)
@@ -134,7 +129,7 @@ fn c_quads(c: &GpuTensor, mm: &MatmulParams) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_aux(
+fn gemm(
     gpu: &Gpu,
     c: &GpuTensor,
     a: &GpuTensor,
@@ -164,7 +159,7 @@ fn gemm_aux(
     let variant = chosen(gpu, params.m, params.n, params.k);
     assert!(
         aux.is_none() || variant == Variant::Subgroup,
-        "an epilogue activation with a second tensor needs the subgroup kernel (fuses_aux)"
+        "a second tensor in the product needs the subgroup kernel (fuses_aux, fuses_row_sums)"
     );
     let grid = |tm: u32, tn: u32, z: u32| [params.n.div_ceil(tn), params.m.div_ceil(tm), z];
     match variant {
@@ -480,7 +475,7 @@ pub fn linear_forward_saved(
 ) {
     let p = linear_params(x, w, pre);
     if act != Act::None && fuses_aux(gpu, &p, pre, out) {
-        gemm_aux(gpu, pre, x, w, bias, p, act, false, Some(Aux::SaveAct(out)));
+        gemm(gpu, pre, x, w, bias, p, act, false, Some(Aux::SaveAct(out)));
     } else {
         linear(gpu, pre, x, w, bias, Act::None, false);
         super::gelu::gelu_forward(gpu, out, pre, act);
@@ -497,7 +492,7 @@ fn linear(
     accum: bool,
 ) {
     let p = linear_params(x, w, out);
-    gemm(gpu, out, x, w, bias, p, act, accum);
+    gemm(gpu, out, x, w, bias, p, act, accum, None);
 }
 
 /// The product of `x · wᵀ` into `out`, its shapes checked.
@@ -539,7 +534,7 @@ pub fn linear_backward_input(
     accum: bool,
 ) {
     let p = input_grad_params(dx, dy, w);
-    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+    gemm(gpu, dx, dy, w, None, p, Act::None, accum, None);
 }
 
 /// The product `dy · w` into `dx`, its shapes checked.
@@ -577,10 +572,10 @@ pub fn linear_backward_input_act(
 ) -> anyhow::Result<()> {
     let p = input_grad_params(dx, dy, w);
     if fuses_aux(gpu, &p, dx, pre) {
-        gemm_aux(gpu, dx, dy, w, None, p, act, accum, Some(Aux::ActGrad(pre)));
+        gemm(gpu, dx, dy, w, None, p, act, accum, Some(Aux::ActGrad(pre)));
     } else {
         let d = gpu.alloc(&dx.shape, dx.dtype)?;
-        gemm(gpu, &d, dy, w, None, p, Act::None, false);
+        gemm(gpu, &d, dy, w, None, p, Act::None, false, None);
         super::gelu::gelu_backward(gpu, dx, &d, pre, act, accum);
     }
     Ok(())
@@ -598,12 +593,8 @@ pub fn linear_backward_weight_bias(
     accum: bool,
 ) {
     let p = weight_grad_params(dw, dy, x);
-    let fused = chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
-        && a_mode(gpu, dy, &p) == 2
-        && f32_quads(db)
-        && db.numel() == dw.shape[0];
-    if fused {
-        gemm_aux(
+    if fuses_row_sums(gpu, &p, dy, db) {
+        gemm(
             gpu,
             dw,
             dy,
@@ -615,7 +606,7 @@ pub fn linear_backward_weight_bias(
             Some(Aux::RowSums(db)),
         );
     } else {
-        gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+        gemm(gpu, dw, dy, x, None, p, Act::None, accum, None);
         bias_backward(gpu, db, dy, accum);
     }
 }
@@ -629,7 +620,7 @@ pub fn linear_backward_weight(
     accum: bool,
 ) {
     let p = weight_grad_params(dw, dy, x);
-    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+    gemm(gpu, dw, dy, x, None, p, Act::None, accum, None);
 }
 
 /// The product `dyᵀ · x` into `dw`, its shapes checked.
@@ -756,7 +747,7 @@ pub fn linear_forward_cls(
         b_sn: k as u32,
         ..SINGLE
     };
-    gemm(gpu, out, x, w, bias, p, Act::None, false);
+    gemm(gpu, out, x, w, bias, p, Act::None, false, None);
 }
 
 /// Backward of [`linear_forward_cls`] for the input: `dx[:, 0, :] (+)= dy · w` for dx
@@ -784,7 +775,7 @@ pub fn linear_backward_input_cls(
         b_sn: 1,
         ..SINGLE
     };
-    gemm(gpu, dx, dy, w, None, p, Act::None, accum);
+    gemm(gpu, dx, dy, w, None, p, Act::None, accum, None);
 }
 
 /// Backward of [`linear_forward_cls`] for the weight: `dw (+)= dyᵀ · x[:, 0, :]`.
@@ -811,7 +802,7 @@ pub fn linear_backward_weight_cls(
         b_sn: 1,
         ..SINGLE
     };
-    gemm(gpu, dw, dy, x, None, p, Act::None, accum);
+    gemm(gpu, dw, dy, x, None, p, Act::None, accum, None);
 }
 
 /// CPU reference of [`linear_forward`]: x (M, K), w (N, K).

@@ -110,21 +110,13 @@ fn linear_backward_matches_cpu_at(m: usize, n: usize, k: usize) {
     let dw = g.upload(&prev_w, &[n, k], DType::F32).unwrap();
     let db = g.upload(&prev_b, &[n], DType::F32).unwrap();
     linear_backward_weight_bias(g, &dw, &db, &dyt, &xt, true);
-    let what = format!("dw and db {m}x{n}x{k} (+=)");
-    assert_close(
-        &what,
-        &g.read(&dw).unwrap(),
-        &plus(&prev_w, &wdw),
-        ATOL,
-        RTOL,
-    );
-    assert_close(
-        &what,
-        &g.read(&db).unwrap(),
-        &plus(&prev_b, &wdb),
-        ATOL,
-        RTOL,
-    );
+    for (name, t, want) in [
+        ("dw", &dw, plus(&prev_w, &wdw)),
+        ("db", &db, plus(&prev_b, &wdb)),
+    ] {
+        let what = format!("{name} with the bias {m}x{n}x{k} (+=)");
+        assert_close(&what, &g.read(t).unwrap(), &want, ATOL, RTOL);
+    }
     // The gradient through the linear layer and the GELU before it (fc2 after fc1), added onto
     // a non-zero dx: (dy·W) ⊙ gelu'(pre).
     let pre = rand_vec(m * k, 9, 2.0);
