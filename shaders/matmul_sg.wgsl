@@ -18,10 +18,17 @@ override A_MODE: u32 = 0u;
 // B_MODE 1 and 2 read their quads from B_TEX instead of B4.
 override B_TEX: bool = false;
 // Operands staged as textures by the launcher (Gpu::stage_texture): quad q of the tensor's
-// words is texel (q % 4096, q / 4096). llvmpipe fetches texels without the per-lane loop of a
-// storage load, so a quad costs about a fifth as much. Bound to a placeholder when unused.
-@group(0) @binding(7) var A_TEX: texture_2d<u32>;
-@group(0) @binding(8) var B_TEX_T: texture_2d<u32>;
+// words is texel (q % 4096, q / 4096). llvmpipe loads texels without the per-lane loop of a
+// storage-buffer load. Bound as read-only storage textures, not sampled ones: llvmpipe
+// inlines a storage texture's load (one level; about 40 instructions for 8 lanes), while a
+// sampled texture's is a call that looks up the level's offset and stride lane by lane (about
+// 150, and every vector register saved around it): 1.3x on the products. (GLSL refuses
+// storage images as function arguments, hence a helper per texture; this module never
+// compiles for GL, which has no subgroups.) Bound to a placeholder when unused.
+@group(0) @binding(7) var A_TEX: texture_storage_2d<rgba32uint, read>;
+@group(0) @binding(8) var B_TEX_T: texture_storage_2d<rgba32uint, read>;
+fn a_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(A_TEX, vec2<u32>(q & 4095u, q >> 12u))); }
+fn b_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(B_TEX_T, vec2<u32>(q & 4095u, q >> 12u))); }
 // f32 C with N % 4 == 0 (and rows starting at multiples of 4): the epilogue stores (and, with
 // ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
 override C_QUADS: bool = false;
@@ -43,7 +50,7 @@ var<private> rsum: array<vec4<f32>, 4>;
 
 // Quad q of B's words, from B_TEX_T or B4.
 fn b_quad(q: u32) -> vec4<f32> {
-    if (B_TEX) { return tex_quad(B_TEX_T, q); }
+    if (B_TEX) { return b_tex(q); }
     return bitcast<vec4<f32>>(B4[q]);
 }
 // Output rows per subgroup and column pairs per lane. Constants, not overrides: the arrays
@@ -59,6 +66,7 @@ var<private> acc_sg: array<vec2<f32>, 32>; // [row][column pair], SG_RM × SG_RN
 var<private> av: array<f32, 16>; // SG_RM (A_MODE 0)
 var<private> aq: array<vec4<f32>, 4>; // A_MODE 1: [row l, l + 8][K quad]; 2: [rows 4q..4q+4]
 var<private> bv: array<vec2<f32>, 2>; // SG_RN
+var<private> bq: array<vec2<f32>, 16>; // [K step][column pair] of a K block
 var<private> bk: array<vec4<f32>, 8>; // B_MODE 1: [column 0..4][K quad 0..2] of a K block
 
 // One subgroup of 8 lanes computes SG_RM rows × 16·SG_RN columns; lane l holds the 2·SG_RN
@@ -85,14 +93,14 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
             let q1 = min(k0 + 4u, p.k - 4u);
             for (var r = 0u; r < 2u; r++) {
                 let row = a0 + min(m0 + lane + 8u * r, p.m - 1u) * p.a_sm;
-                aq[2u * r] = tex_quad(A_TEX, (row + k0) >> 2u);
-                aq[2u * r + 1u] = select(vec4<f32>(0.0), tex_quad(A_TEX, (row + q1) >> 2u), k0 + 4u < p.k);
+                aq[2u * r] = a_tex((row + k0) >> 2u);
+                aq[2u * r + 1u] = select(vec4<f32>(0.0), a_tex((row + q1) >> 2u), k0 + 4u < p.k);
             }
         } else if (A_MODE == 2u) {
             // M % 4 == 0: a quad of rows is all inside M or all past it (clamped, never stored).
             for (var q = 0u; q < 4u; q++) {
                 let m = min(m0 + 4u * q, p.m - 4u);
-                aq[q] = select(vec4<f32>(0.0), tex_quad(A_TEX, (a0 + m + kc * p.a_sk) >> 2u), ka < p.k);
+                aq[q] = select(vec4<f32>(0.0), a_tex((a0 + m + kc * p.a_sk) >> 2u), ka < p.k);
                 if (ROW_SUMS) { rsum[q] += aq[q]; }
             }
         } else {
@@ -112,16 +120,12 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
                 bk[2u * c + 1u] = b_quad((col + q1) >> 2u);
             }
         }
-        // The eight K steps written out, so that kk is a constant in each (it indexes bk and
-        // picks the lane to shuffle from).
-        kstep(k0, 0u, nb);
-        kstep(k0, 1u, nb);
-        kstep(k0, 2u, nb);
-        kstep(k0, 3u, nb);
-        kstep(k0, 4u, nb);
-        kstep(k0, 5u, nb);
-        kstep(k0, 6u, nb);
-        kstep(k0, 7u, nb);
+        // B's values for the eight K steps first, then the tile row by row, so that a row's
+        // accumulators stay in registers through its eight steps. Step by step over all 64
+        // accumulators (16 vector registers) spilled each of them at every step: 1.2-1.3x.
+        for (var kk = 0u; kk < 8u; kk++) { load_b(k0, kk, nb); }
+        krow(0u); krow(1u); krow(2u); krow(3u); krow(4u); krow(5u); krow(6u); krow(7u);
+        krow(8u); krow(9u); krow(10u); krow(11u); krow(12u); krow(13u); krow(14u); krow(15u);
     }
     if (ROW_SUMS && wg.x == 0u) {
         for (var q = 0u; q < 4u; q++) {
@@ -175,32 +179,36 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
     }
 }
 
-// K step k0 + kk of the subgroup's tile: this lane's columns of B row k times A's rows.
-fn kstep(k0: u32, kk: u32, nb: u32) {
+// This lane's columns of B at K step k0 + kk, into bq[kk * SG_RN ..].
+fn load_b(k0: u32, kk: u32, nb: u32) {
     let kb = min(k0 + kk, p.k - 1u);
     if (B_MODE == 1u) {
         for (var j = 0u; j < SG_RN; j++) {
-            bv[j] = vec2<f32>(bk[4u * j + kk / 4u][kk % 4u], bk[4u * j + 2u + kk / 4u][kk % 4u]);
+            bq[kk * SG_RN + j] = vec2<f32>(bk[4u * j + kk / 4u][kk % 4u], bk[4u * j + 2u + kk / 4u][kk % 4u]);
         }
     } else if (B_MODE == 2u) {
         // N % 4 == 0: a lane's quad is all inside or all past N.
         let q = b_quad((b0 + kb * p.b_sk + min(nb, p.n - 4u)) >> 2u);
-        bv[0] = q.xy;
-        bv[1] = q.zw;
+        bq[kk * SG_RN] = q.xy;
+        bq[kk * SG_RN + 1u] = q.zw;
     } else {
         for (var j = 0u; j < SG_RN; j++) {
             // Clamped reads past the last column: their sums are never stored.
             let n = nb + 2u * j;
             if (B_MODE == 3u) {
-                bv[j] = ld2_b(b0 + kb * p.b_sk + (min(n, p.n - 1u) & ~1u));
+                bq[kk * SG_RN + j] = ld2_b(b0 + kb * p.b_sk + (min(n, p.n - 1u) & ~1u));
             } else {
                 let n0 = min(n, p.n - 1u);
                 let n1 = min(n + 1u, p.n - 1u);
-                bv[j] = vec2<f32>(ld_b(b0 + kb * p.b_sk + n0 * p.b_sn), ld_b(b0 + kb * p.b_sk + n1 * p.b_sn));
+                bq[kk * SG_RN + j] = vec2<f32>(ld_b(b0 + kb * p.b_sk + n0 * p.b_sn), ld_b(b0 + kb * p.b_sk + n1 * p.b_sn));
             }
         }
     }
-    for (var i = 0u; i < SG_RM; i++) {
+}
+
+// Row i of the subgroup's tile through the eight K steps of the block.
+fn krow(i: u32) {
+    for (var kk = 0u; kk < 8u; kk++) {
         var a: f32;
         if (A_MODE == 1u) {
             a = subgroupShuffle(aq[2u * (i / 8u) + kk / 4u][kk % 4u], i % 8u);
@@ -210,7 +218,7 @@ fn kstep(k0: u32, kk: u32, nb: u32) {
             a = subgroupShuffle(av[i], kk);
         }
         for (var j = 0u; j < SG_RN; j++) {
-            acc_sg[i * SG_RN + j] = fma(vec2<f32>(a), bv[j], acc_sg[i * SG_RN + j]);
+            acc_sg[i * SG_RN + j] = fma(vec2<f32>(a), bq[kk * SG_RN + j], acc_sg[i * SG_RN + j]);
         }
     }
 }

@@ -124,7 +124,10 @@ fn staging_texture(device: &wgpu::Device, width: u32, rows: u32) -> wgpu::Textur
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Uint,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            // Sampled by most kernels, read as a storage texture by matmul_sg.wgsl.
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         })
         .create_view(&Default::default())
