@@ -56,5 +56,8 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>, wg_size: u32) -> u32 {
 // Quad q (4 f32) of a tensor staged as a texture by Gpu::launch_textured: texel
 // (q % 4096, q / 4096), 4096 = STAGE_WIDTH in gpu/mod.rs.
 fn tex_quad(t: texture_2d<u32>, q: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(textureLoad(t, vec2<u32>(q & 4095u, q >> 12u), 0));
+    return bitcast<vec4<f32>>(textureLoad(t, tex_texel(q), 0));
+}
+fn tex_texel(q: u32) -> vec2<u32> {
+    return vec2<u32>(q & 4095u, q >> 12u);
 }

@@ -27,8 +27,8 @@ override B_TEX: bool = false;
 // compiles for GL, which has no subgroups.) Bound to a placeholder when unused.
 @group(0) @binding(7) var A_TEX: texture_storage_2d<rgba32uint, read>;
 @group(0) @binding(8) var B_TEX_T: texture_storage_2d<rgba32uint, read>;
-fn a_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(A_TEX, vec2<u32>(q & 4095u, q >> 12u))); }
-fn b_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(B_TEX_T, vec2<u32>(q & 4095u, q >> 12u))); }
+fn a_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(A_TEX, tex_texel(q))); }
+fn b_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(B_TEX_T, tex_texel(q))); }
 // f32 C with N % 4 == 0 (and rows starting at multiples of 4): the epilogue stores (and, with
 // ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
 override C_QUADS: bool = false;
