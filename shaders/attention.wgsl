@@ -21,7 +21,8 @@ struct Params {
     scale: f32,
     // First (b·H + h)·T row of a chunk in LSE / LSE_IN (attention_rows_*; 0 elsewhere).
     row0: u32,
-    _pad1: u32,
+    // Row stride of SCORES and DSCORES: T rounded up to a multiple of 4 (attention_rows_*).
+    ts: u32,
     _pad2: u32,
 }
 
@@ -39,10 +40,12 @@ struct Params {
 // (B, H, T, T) attention probabilities (attention_probs_forward).
 @group(0) @binding(10) var<storage, read_write> PROBS: array<f32>;
 // Software adapters run attention as batched subgroup matmuls (kernels/matmul.rs) around the
-// `attention_rows_*` kernels below, with (rows, T) scores S = q·kᵀ in SCORES (B·H·T rows, T
-// columns; rows past `p.bh·p.t` of a chunk are not touched) and their gradient in DSCORES.
-@group(0) @binding(11) var<storage, read_write> SCORES: array<f32>;
-@group(0) @binding(12) var<storage, read_write> DSCORES: array<f32>;
+// `attention_rows_*` kernels below, with (rows, T) scores S = q·kᵀ in SCORES (B·H·T rows of
+// p.ts ≥ T columns, read and written in quads; rows past `p.bh·p.t` of a chunk are not
+// touched) and their gradient in DSCORES. The columns past T are scratch: the products store
+// whole quads there, and these kernels leave zeros.
+@group(0) @binding(11) var<storage, read_write> SCORES: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> DSCORES: array<vec4<f32>>;
 
 // Software adapters, short sequences: the `*_tex` kernels read the other side's rows (keys for
 // the forward and dq, queries for dkdv) straight from operands staged as textures by the
@@ -493,23 +496,37 @@ fn attention_probs_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     PROBS[row * p.t + j] = exp(hsum(s4) - LSE_IN[row]);
 }
 
+// Whether the elements of score quad j lie inside the row's T columns.
+fn in_row(j: u32) -> vec4<bool> {
+    return vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.t);
+}
+
 // Softmax of each score row at scale: SCORES becomes the probabilities, LSE the logsumexp of
-// the scaled row (as `attention_forward` saves it). One invocation per row of the chunk.
+// the scaled row (as `attention_forward` saves it). One invocation per row of the chunk, a
+// quad at a time (a storage load is a loop over the lanes on llvmpipe, whatever its width);
+// the sum runs element by element in column order, as a scalar loop would.
 @compute @workgroup_size(64)
 fn attention_rows_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_id(gid, nwg, 64u);
     if (r >= p.bh * p.t) { return; }
-    let row = r * p.t;
+    let row = r * (p.ts / 4u);
+    let tq = (p.t + 3u) / 4u;
     var m = NEG_BIG;
-    for (var j = 0u; j < p.t; j++) { m = max(m, SCORES[row + j] * p.scale); }
+    for (var j = 0u; j < tq; j++) {
+        let s = select(vec4<f32>(NEG_BIG), SCORES[row + j] * p.scale, in_row(j));
+        m = max(m, max(max(s.x, s.y), max(s.z, s.w)));
+    }
     var l = 0.0;
-    for (var j = 0u; j < p.t; j++) {
-        let e = exp(SCORES[row + j] * p.scale - m);
+    for (var j = 0u; j < tq; j++) {
+        let e = select(vec4<f32>(0.0), exp(SCORES[row + j] * p.scale - m), in_row(j));
         SCORES[row + j] = e;
-        l += e;
+        l += e.x;
+        l += e.y;
+        l += e.z;
+        l += e.w;
     }
     let inv = 1.0 / l;
-    for (var j = 0u; j < p.t; j++) { SCORES[row + j] *= inv; }
+    for (var j = 0u; j < tq; j++) { SCORES[row + j] *= inv; }
     LSE[p.row0 + r] = m + log(l);
 }
 
@@ -518,21 +535,46 @@ fn attention_rows_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 fn attention_rows_probs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_id(gid, nwg, 64u);
     if (r >= p.bh * p.t) { return; }
-    let row = r * p.t;
+    let row = r * (p.ts / 4u);
     let lse = LSE_IN[p.row0 + r];
-    for (var j = 0u; j < p.t; j++) { SCORES[row + j] = exp(SCORES[row + j] * p.scale - lse); }
+    for (var j = 0u; j < (p.t + 3u) / 4u; j++) {
+        SCORES[row + j] = select(vec4<f32>(0.0), exp(SCORES[row + j] * p.scale - lse), in_row(j));
+    }
+}
+
+// delta_i = dout_i · out_i of each row of the chunk (the matmul path's backward, whose score
+// gradient epilogue takes it in place of Σ_j P∘dP, the same sum).
+@compute @workgroup_size(64)
+fn attention_rows_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg, 64u);
+    if (r >= p.bh * p.t) { return; }
+    let bh = p.row0 / p.t + r / p.t;
+    let oi = out_index(bh / p.heads, r % p.t, bh % p.heads);
+    var delta4 = vec4<f32>(0.0);
+    for (var d = 0u; d < HQ; d++) { delta4 = fma(ld4_dout(oi, d, HD), ld4_out_in(oi, d, HD), delta4); }
+    DELTA[p.row0 + r] = hsum(delta4);
 }
 
 // Softmax backward of each row, with the scale: DSCORES = scale · P ∘ (dP − Σ_j P∘dP), from
-// the probabilities P in SCORES and their gradient dP in DSCORES.
+// the probabilities P in SCORES (zero past T) and their gradient dP in DSCORES.
 @compute @workgroup_size(64)
 fn attention_rows_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_id(gid, nwg, 64u);
     if (r >= p.bh * p.t) { return; }
-    let row = r * p.t;
+    let row = r * (p.ts / 4u);
+    let tq = (p.t + 3u) / 4u;
     var delta = 0.0;
-    for (var j = 0u; j < p.t; j++) { delta = fma(SCORES[row + j], DSCORES[row + j], delta); }
-    for (var j = 0u; j < p.t; j++) {
-        DSCORES[row + j] = p.scale * SCORES[row + j] * (DSCORES[row + j] - delta);
+    for (var j = 0u; j < tq; j++) {
+        // dP's scratch past T may hold anything: masked, so that only P's zeros meet it.
+        let pd = select(vec4<f32>(0.0), DSCORES[row + j], in_row(j));
+        let pp = SCORES[row + j];
+        delta = fma(pp.x, pd.x, delta);
+        delta = fma(pp.y, pd.y, delta);
+        delta = fma(pp.z, pd.z, delta);
+        delta = fma(pp.w, pd.w, delta);
+    }
+    for (var j = 0u; j < tq; j++) {
+        let ds = p.scale * SCORES[row + j] * (DSCORES[row + j] - delta);
+        DSCORES[row + j] = select(vec4<f32>(0.0), ds, in_row(j));
     }
 }

@@ -25,8 +25,10 @@ struct Params {
     c_off: u32,
     c_so: u32,
     c_si: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Attention's score epilogues (matmul_sg.wgsl, AUX_MODE 3 and 4): batch z's row m takes
+    // ROWV[rv_off + z·M + m], and the scale.
+    rv_off: u32,
+    ep_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

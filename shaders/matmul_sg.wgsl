@@ -29,7 +29,8 @@ override B_TEX: bool = false;
 @group(0) @binding(8) var B_TEX_T: texture_storage_2d<rgba32uint, read>;
 fn a_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(A_TEX, tex_texel(q))); }
 fn b_tex(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(textureLoad(B_TEX_T, tex_texel(q))); }
-// f32 C with N % 4 == 0 (and rows starting at multiples of 4): the epilogue stores (and, with
+// f32 C with N % 4 == 0, or rows padded to a multiple of 4 with scratch past N (attention's
+// scores), and rows starting at multiples of 4: the epilogue stores (and, with
 // ACCUM, loads) a lane's 4 columns as one quad of C4, the same buffer as C bound again.
 override C_QUADS: bool = false;
 @group(0) @binding(9) var<storage, read_write> C4: array<vec4<u32>>;
@@ -38,8 +39,15 @@ override C_QUADS: bool = false;
 // the pre-activation to C and ACT of it to AUX4; AUX_MODE 2 (dY·W into a GELU's input) multiplies
 // the product by ACT's derivative at AUX4, the saved pre-activation. The same f32 operations as
 // the separate GELU kernels, so the results are the same bits.
+// Attention's backward on software adapters (kernels/attention.rs), with ROWV one f32 per row of
+// each batch's C: AUX_MODE 3 stores the probabilities exp(ep_scale·S − lse) of the scores
+// S = q·kᵀ (ROWV the forward's lse); AUX_MODE 4 stores the score gradient
+// ep_scale·P∘(dP − delta) of dP = dout·vᵀ (AUX4 the probabilities P, ROWV delta = Σ dout∘out).
+// Both leave zeros in the columns past N of a padded C. No launch of their own over the
+// (T, T) rows, and the same f32 operations as the row kernels they replace.
 override AUX_MODE: u32 = 0u;
 @group(0) @binding(10) var<storage, read_write> AUX4: array<vec4<u32>>;
+@group(0) @binding(12) var<storage, read> ROWV: array<f32>;
 // A_MODE 2 in dW = dYᵀ·X: the row sums of A, Σ_rows dY (the bias gradient), from the same
 // loads instead of a launch of their own. Each lane adds up the K steps it loads; the first
 // column block's subgroups add the lanes' sums and store them to DB4 (f32 quads; added to with
@@ -47,6 +55,11 @@ override AUX_MODE: u32 = 0u;
 override ROW_SUMS: bool = false;
 @group(0) @binding(11) var<storage, read_write> DB4: array<vec4<u32>>;
 var<private> rsum: array<vec4<f32>, 4>;
+
+// Quad `v` of a row of A holding K steps k..k + 4, zero at the steps past K.
+fn k_mask(v: vec4<f32>, k: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k));
+}
 
 // Quad q of B's words, from B_TEX_T or B4.
 fn b_quad(q: u32) -> vec4<f32> {
@@ -89,17 +102,20 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
         let ka = k0 + lane;
         let kc = min(ka, p.k - 1u);
         if (A_MODE == 1u) {
-            // K % 4 == 0: the quad at k0 + 4 is all inside K or all past it (then zeros).
-            let q1 = min(k0 + 4u, p.k - 4u);
+            // Rows start at multiples of 4. Past K (the tail of a row when K % 4 != 0, or the
+            // whole quad at k0 + 4) the values are masked to zeros, and a quad wholly past K is
+            // read at the last one inside it, so that no load leaves the tensor.
+            let q1 = min(k0 + 4u, (p.k - 1u) & ~3u);
             for (var r = 0u; r < 2u; r++) {
                 let row = a0 + min(m0 + lane + 8u * r, p.m - 1u) * p.a_sm;
-                aq[2u * r] = a_tex((row + k0) >> 2u);
-                aq[2u * r + 1u] = select(vec4<f32>(0.0), a_tex((row + q1) >> 2u), k0 + 4u < p.k);
+                aq[2u * r] = k_mask(a_tex((row + k0) >> 2u), k0);
+                aq[2u * r + 1u] = k_mask(a_tex((row + q1) >> 2u), k0 + 4u);
             }
         } else if (A_MODE == 2u) {
-            // M % 4 == 0: a quad of rows is all inside M or all past it (clamped, never stored).
+            // Quads of rows from multiples of 4 (clamped to the one holding the last row): rows
+            // past M get whatever lies there and are never stored (ROW_SUMS needs M % 4 == 0).
             for (var q = 0u; q < 4u; q++) {
-                let m = min(m0 + 4u * q, p.m - 4u);
+                let m = min(m0 + 4u * q, (p.m - 1u) & ~3u);
                 aq[q] = select(vec4<f32>(0.0), a_tex((a0 + m + kc * p.a_sk) >> 2u), ka < p.k);
                 if (ROW_SUMS) { rsum[q] += aq[q]; }
             }
@@ -162,6 +178,15 @@ fn matmul_forward_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_id)
                     let h = bitcast<vec4<f32>>(AUX4[q]);
                     v = s * vec4<f32>(activate_grad(h.x, ACT), activate_grad(h.y, ACT),
                                       activate_grad(h.z, ACT), activate_grad(h.w, ACT));
+                } else if (AUX_MODE >= 3u) {
+                    let rv = ROWV[p.rv_off + wg.z * p.m + m];
+                    let in_n = vec4<u32>(nb) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.n);
+                    if (AUX_MODE == 3u) {
+                        v = exp(s * p.ep_scale - rv);
+                    } else {
+                        v = p.ep_scale * bitcast<vec4<f32>>(AUX4[q]) * (s - rv);
+                    }
+                    v = select(vec4<f32>(0.0), v, in_n);
                 } else {
                     v = vec4<f32>(activate(s.x, ACT), activate(s.y, ACT), activate(s.z, ACT), activate(s.w, ACT));
                 }

@@ -9,7 +9,7 @@
 //! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
 
 use super::common::{grid, stageable};
-use super::matmul::{self, Strided};
+use super::matmul::{self, ScoreEpilogue, Strided};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
 use bytemuck::{Pod, Zeroable};
@@ -26,7 +26,9 @@ struct AttentionParams {
     scale: f32,
     /// First LSE row of a chunk (the software path's row kernels).
     row0: u32,
-    _pad: [u32; 2],
+    /// Row stride of their scores, [`Dims::ts`].
+    ts: u32,
+    _pad: u32,
 }
 
 /// Largest supported head dim (the size of the per-thread row arrays in the shader).
@@ -67,6 +69,11 @@ impl Dims {
     fn c(&self) -> usize {
         self.h * self.d
     }
+    /// Row stride of the matmul path's scores: T padded to whole quads, so that the products
+    /// and the row kernels read and write them as vec4s.
+    fn ts(&self) -> usize {
+        self.t.next_multiple_of(4)
+    }
     fn check(&self, name: &str, t: &GpuTensor, shape: &[usize], f32_only: bool) {
         assert_eq!(
             t.numel(),
@@ -88,7 +95,8 @@ impl Dims {
             bh: (self.b * self.h) as u32,
             scale: 1.0 / (self.d as f32).sqrt(),
             row0: 0,
-            _pad: [0; 2],
+            ts: self.ts() as u32,
+            _pad: 0,
         }
     }
     /// One workgroup per (block of `wg` rows, b·h); b·h split over y and z past 65535.
@@ -191,7 +199,7 @@ fn tex_shape(dm: Dims) -> (u32, u32) {
 /// Batches per chunk of the matmul path: each chunk's (b·H·T, T) f32 scores fit one binding
 /// and 64 MiB (see [`with_chunk_cap`]), and its b·H products one dispatch.
 fn chunk_batches(gpu: &Gpu, dm: Dims) -> usize {
-    let per_batch = (dm.h * dm.t * dm.t * 4) as u64;
+    let per_batch = (dm.h * dm.t * dm.ts() * 4) as u64;
     let cap = gpu
         .limits
         .max_storage_buffer_binding_size
@@ -212,6 +220,7 @@ fn qkv_part(qkv: &GpuTensor, dm: Dims, b0: usize, part: usize) -> Strided<'_> {
         si: dm.d,
         sr: c3,
         sc: 1,
+        pad: false,
     }
 }
 
@@ -224,19 +233,22 @@ fn heads_of(x: &GpuTensor, dm: Dims, b0: usize) -> Strided<'_> {
         si: dm.d,
         sr: dm.c(),
         sc: 1,
+        pad: false,
     }
 }
 
-/// Chunk scores (b, h) as (T, T), row-major.
+/// Chunk scores (b, h) as (T, T), row-major with rows [`Dims::ts`] apart (their padding is
+/// scratch).
 fn score_rows(s: &GpuTensor, dm: Dims) -> Strided<'_> {
-    let tt = dm.t * dm.t;
+    let tt = dm.t * dm.ts();
     Strided {
         t: s,
         off: 0,
         so: dm.h * tt,
         si: tt,
-        sr: dm.t,
+        sr: dm.ts(),
         sc: 1,
+        pad: true,
     }
 }
 
@@ -253,6 +265,7 @@ fn tr(x: Strided) -> Strided {
 fn rows(
     gpu: &Gpu,
     entry: &'static str,
+    ov: &[(&'static str, f64)],
     dm: Dims,
     b0: usize,
     nb: usize,
@@ -265,7 +278,7 @@ fn rows(
     gpu.launch(
         &shader!("attention"),
         entry,
-        &[],
+        ov,
         &p,
         bind,
         grid(rows.div_ceil(64)),
@@ -277,44 +290,57 @@ fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, 
     let (t, d) = (dm.t, dm.d);
     let chunk = chunk_batches(gpu, dm);
     let s = gpu
-        .alloc(&[chunk * dm.h * t, t], DType::F32)
+        .alloc(&[chunk * dm.h * t, dm.ts()], DType::F32)
         .expect("attention scores workspace");
     for b0 in (0..dm.b).step_by(chunk) {
         let nb = chunk.min(dm.b - b0);
         let batches = (nb, dm.h);
         let sc = score_rows(&s, dm);
         let k = qkv_part(qkv, dm, b0, 1);
-        matmul::batched_matmul(gpu, sc, qkv_part(qkv, dm, b0, 0), tr(k), (t, t, d), batches);
+        let q = qkv_part(qkv, dm, b0, 0);
+        matmul::batched_matmul(gpu, sc, q, tr(k), (t, t, d), batches, None);
         rows(
             gpu,
             "attention_rows_softmax",
+            &[],
             dm,
             b0,
             nb,
             &[(3, lse), (11, &s)],
         );
         let v = qkv_part(qkv, dm, b0, 2);
-        matmul::batched_matmul(gpu, heads_of(out, dm, b0), sc, v, (t, d, t), batches);
+        let o = heads_of(out, dm, b0);
+        matmul::batched_matmul(gpu, o, sc, v, (t, d, t), batches, None);
     }
 }
 
-/// The backward from recomputed probabilities: dv = Pᵀ·dout, dP = dout·vᵀ, dS = scale·P∘(dP −
-/// rowsum(P∘dP)), dq = dS·k, dk = dSᵀ·q.
+/// The backward from recomputed probabilities: P = exp(scale·q·kᵀ − lse), dv = Pᵀ·dout,
+/// dP = dout·vᵀ, dS = scale·P∘(dP − delta) with delta = rowsum(P∘dP) = rowsum(dout∘out),
+/// dq = dS·k, dk = dSᵀ·q. P and dS come straight out of their products' epilogues where the
+/// kernel stores the scores in quads (else row kernels make them from the products).
+#[allow(clippy::too_many_arguments)]
 fn matmul_backward(
     gpu: &Gpu,
     dqkv: &GpuTensor,
+    delta: &GpuTensor,
     dout: &GpuTensor,
     qkv: &GpuTensor,
+    out: &GpuTensor,
     lse: &GpuTensor,
     dm: Dims,
 ) {
     let (t, d) = (dm.t, dm.d);
     let chunk = chunk_batches(gpu, dm);
-    let ws = |what| gpu.alloc(&[chunk * dm.h * t, t], DType::F32).expect(what);
+    let ws = |what| {
+        gpu.alloc(&[chunk * dm.h * t, dm.ts()], DType::F32)
+            .expect(what)
+    };
     let (s, ds) = (
         ws("attention scores workspace"),
         ws("attention score-gradient workspace"),
     );
+    let scale = dm.params().scale;
+    let fused = matmul::fuses_scores(&score_rows(&s, dm), t);
     for b0 in (0..dm.b).step_by(chunk) {
         let nb = chunk.min(dm.b - b0);
         let batches = (nb, dm.h);
@@ -326,27 +352,38 @@ fn matmul_backward(
         let dpart = |part| qkv_part(dqkv, dm, b0, part);
         let (p_, dp) = (score_rows(&s, dm), score_rows(&ds, dm));
         let g = heads_of(dout, dm, b0);
-        matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches);
-        rows(
-            gpu,
-            "attention_rows_probs",
-            dm,
-            b0,
-            nb,
-            &[(6, lse), (11, &s)],
-        );
-        matmul::batched_matmul(gpu, dpart(2), tr(p_), g, (t, d, t), batches);
-        matmul::batched_matmul(gpu, dp, g, tr(v), (t, t, d), batches);
-        rows(
-            gpu,
-            "attention_rows_backward",
-            dm,
-            b0,
-            nb,
-            &[(11, &s), (12, &ds)],
-        );
-        matmul::batched_matmul(gpu, dpart(0), dp, k, (t, d, t), batches);
-        matmul::batched_matmul(gpu, dpart(1), tr(dp), q, (t, d, t), batches);
+        let row0 = b0 * dm.h * t;
+        if fused {
+            let probs = ScoreEpilogue::Probs { lse, row0, scale };
+            matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches, Some(probs));
+            let ov = [
+                ("OUT_F16", out.dtype.is_f16()),
+                ("DOUT_F16", dout.dtype.is_f16()),
+                ("HD", dm.d as f64),
+            ];
+            let bind = [(4, dout), (5, out), (7, delta)];
+            rows(gpu, "attention_rows_delta", &ov, dm, b0, nb, &bind);
+        } else {
+            matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches, None);
+            let bind = [(6, lse), (11, &s)];
+            rows(gpu, "attention_rows_probs", &[], dm, b0, nb, &bind);
+        }
+        matmul::batched_matmul(gpu, dpart(2), tr(p_), g, (t, d, t), batches, None);
+        if fused {
+            let grad = ScoreEpilogue::Grad {
+                probs: &s,
+                delta,
+                row0,
+                scale,
+            };
+            matmul::batched_matmul(gpu, dp, g, tr(v), (t, t, d), batches, Some(grad));
+        } else {
+            matmul::batched_matmul(gpu, dp, g, tr(v), (t, t, d), batches, None);
+            let bind = [(11, &s), (12, &ds)];
+            rows(gpu, "attention_rows_backward", &[], dm, b0, nb, &bind);
+        }
+        matmul::batched_matmul(gpu, dpart(0), dp, k, (t, d, t), batches, None);
+        matmul::batched_matmul(gpu, dpart(1), tr(dp), q, (t, d, t), batches, None);
     }
 }
 
@@ -441,7 +478,7 @@ pub fn attention_backward(
         );
     }
     if matmul_path(gpu, dm) {
-        return matmul_backward(gpu, dqkv, dout, qkv, lse, dm);
+        return matmul_backward(gpu, dqkv, delta, dout, qkv, out, lse, dm);
     }
     let ov = [
         ("QKV_F16", qkv.dtype.is_f16()),

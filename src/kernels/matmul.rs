@@ -24,7 +24,10 @@ struct MatmulParams {
     a: [u32; 3],
     b: [u32; 3],
     c: [u32; 3],
-    _pad: [u32; 2],
+    /// Attention's score epilogues ([`ScoreEpilogue`]): batch z's row m takes element
+    /// `rv_off + z·M + m` of the row vector, and the scale.
+    rv_off: u32,
+    ep_scale: f32,
 }
 
 /// One product: the batch fields of [`MatmulParams`] (`..SINGLE` after the eight sizes).
@@ -41,7 +44,8 @@ const SINGLE: MatmulParams = MatmulParams {
     a: [0; 3],
     b: [0; 3],
     c: [0; 3],
-    _pad: [0; 2],
+    rv_off: 0,
+    ep_scale: 0.0,
 };
 
 thread_local! {
@@ -92,13 +96,44 @@ enum Aux<'a> {
     ActGrad(&'a GpuTensor),
     /// dW = dYᵀ·X also adding A's row sums (Σ_rows dY, the bias gradient) to the tensor.
     RowSums(&'a GpuTensor),
+    /// One of attention's score epilogues.
+    Scores(ScoreEpilogue<'a>),
+}
+
+/// What a batched product into attention's (padded) score rows stores in place of the product
+/// S (software adapters' attention backward: each replaces a row kernel's pass over the
+/// (T, T) scores). `row0` is the row vectors' element of batch 0's row 0; batch z's row m
+/// takes element `row0 + z·M + m`.
+#[derive(Clone, Copy, Debug)]
+pub enum ScoreEpilogue<'a> {
+    /// The probabilities exp(scale·S − lse) of the scores S = q·kᵀ, from the forward's lse.
+    Probs {
+        /// (B, H, T) f32 logsumexps of the scaled score rows.
+        lse: &'a GpuTensor,
+        /// `lse`'s element for batch 0's row 0.
+        row0: usize,
+        /// The softmax scale, 1/√D.
+        scale: f32,
+    },
+    /// The score gradient scale·P∘(S − delta) of S = dP = dout·vᵀ, from the probabilities P
+    /// (laid out as C) and delta = Σ dout∘out of each row.
+    Grad {
+        /// The probabilities, laid out as C.
+        probs: &'a GpuTensor,
+        /// (B, H, T) f32 Σ dout∘out of each query row.
+        delta: &'a GpuTensor,
+        /// `delta`'s element for batch 0's row 0.
+        row0: usize,
+        /// The softmax scale, 1/√D.
+        scale: f32,
+    },
 }
 
 /// Whether a product into `c` can run its activation's forward or backward in the epilogue
 /// against `aux` (the subgroup kernel storing quads of f32 C, and `aux` laid out as C).
 fn fuses_aux(gpu: &Gpu, p: &MatmulParams, c: &GpuTensor, aux: &GpuTensor) -> bool {
     chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
-        && c_quads(c, p)
+        && c_quads(c, p, false)
         && f32_quads(aux)
         && aux.shape == c.shape
         && p.c_sm == p.n
@@ -109,6 +144,7 @@ fn fuses_aux(gpu: &Gpu, p: &MatmulParams, c: &GpuTensor, aux: &GpuTensor) -> boo
 fn fuses_row_sums(gpu: &Gpu, p: &MatmulParams, dy: &GpuTensor, db: &GpuTensor) -> bool {
     chosen(gpu, p.m, p.n, p.k) == Variant::Subgroup
         && a_mode(gpu, dy, p) == 2
+        && p.m.is_multiple_of(4)
         && f32_quads(db)
         && db.numel() == p.m as usize
 }
@@ -119,12 +155,15 @@ fn f32_quads(t: &GpuTensor) -> bool {
 }
 
 /// Whether the subgroup kernel's epilogue stores (and loads) C in quads: f32 C whose rows
-/// start at multiples of 4.
-fn c_quads(c: &GpuTensor, mm: &MatmulParams) -> bool {
+/// start at multiples of 4 and hold a multiple of 4 columns, or are `padded` (see
+/// [`Strided::pad`]).
+fn c_quads(c: &GpuTensor, mm: &MatmulParams, padded: bool) -> bool {
     let [c_off, c_so, c_si] = mm.c;
+    let n = if padded { 0 } else { mm.n };
     staging_on()
         && c.dtype == crate::gpu::DType::F32
-        && (c_off | c_so | c_si | mm.c_sm | mm.n) & 3 == 0
+        && (c_off | c_so | c_si | mm.c_sm | n) & 3 == 0
+        && (!padded || mm.c_sm >= mm.n.next_multiple_of(4))
         && c.offset.is_multiple_of(16)
 }
 
@@ -171,7 +210,7 @@ fn gemm(
             &bindings,
             grid(32, 32, 1),
         ),
-        Variant::Subgroup => launch_sg(gpu, &overrides, &params, [a, b, bias_t, c], 1, aux),
+        Variant::Subgroup => launch_sg(gpu, &overrides, &params, [a, b, bias_t, c], 1, aux, false),
         Variant::Tiled => gpu.launch(
             &shader!("matmul"),
             "matmul_forward",
@@ -230,6 +269,7 @@ fn launch_sg(
     [a, b, bias, c]: [&GpuTensor; 4],
     batches: u32,
     aux: Option<Aux>,
+    c_pad: bool,
 ) {
     assert_eq!(
         gpu.fixed_subgroup_size(),
@@ -252,12 +292,15 @@ fn launch_sg(
     // textures where the operand is f32 and fits one.
     let a_mode = a_mode(gpu, a, mm);
     let b_tex = matches!(mode, 1 | 2) && stageable(gpu, &[b]);
-    let c_quads = c_quads(c, mm);
-    let (aux_mode, aux_t, sums) = match aux {
-        None => (0, c, c),
-        Some(Aux::SaveAct(t)) => (1, t, c),
-        Some(Aux::ActGrad(t)) => (2, t, c),
-        Some(Aux::RowSums(t)) => (0, c, t),
+    let c_quads = c_quads(c, mm, c_pad);
+    let dummy = gpu.dummy();
+    let (aux_mode, aux_t, sums, rowv) = match aux {
+        None => (0, c, c, dummy),
+        Some(Aux::SaveAct(t)) => (1, t, c, dummy),
+        Some(Aux::ActGrad(t)) => (2, t, c, dummy),
+        Some(Aux::RowSums(t)) => (0, c, t, dummy),
+        Some(Aux::Scores(ScoreEpilogue::Probs { lse, .. })) => (3, c, c, lse),
+        Some(Aux::Scores(ScoreEpilogue::Grad { probs, delta, .. })) => (4, probs, c, delta),
     };
     assert!(
         aux_mode == 0 || c_quads,
@@ -289,6 +332,7 @@ fn launch_sg(
             (9, c),
             (10, aux_t),
             (11, sums),
+            (12, rowv),
         ],
         &[(7, (a_mode != 0).then_some(a)), (8, b_tex.then_some(b))],
         [mm.n.div_ceil(16 * SG_RN), mm.m.div_ceil(4 * SG_RM), batches],
@@ -296,15 +340,16 @@ fn launch_sg(
 }
 
 /// How the subgroup kernel reads A: 0 element by element; from a staged texture in quads
-/// along K (1) or along M (2) where A is f32, fits one and its quads are whole runs.
+/// along K (1) or along M (2) where A is f32, fits one and its rows (1) or columns (2) start
+/// at multiples of 4 (the kernel masks or never stores what a quad holds past K or M).
 fn a_mode(gpu: &Gpu, a: &GpuTensor, mm: &MatmulParams) -> u32 {
     let [a_off, a_so, a_si] = mm.a;
     let a_starts = a_off | a_so | a_si;
     if !stageable(gpu, &[a]) {
         0
-    } else if mm.a_sk == 1 && (a_starts | mm.a_sm | mm.k) & 3 == 0 {
+    } else if mm.a_sk == 1 && (a_starts | mm.a_sm) & 3 == 0 {
         1
-    } else if mm.a_sm == 1 && (a_starts | mm.a_sk | mm.m) & 3 == 0 {
+    } else if mm.a_sm == 1 && (a_starts | mm.a_sk) & 3 == 0 {
         2
     } else {
         0
@@ -327,6 +372,22 @@ pub struct Strided<'a> {
     pub sr: usize,
     /// Column stride.
     pub sc: usize,
+    /// Rows padded (C only): the elements after each row's last column, up to the next
+    /// multiple of 4, are this operand's scratch, which the product may overwrite (so that its
+    /// epilogue stores whole quads; attention's score rows).
+    pub pad: bool,
+}
+
+/// Whether a batched product into `c` (N columns) can run a [`ScoreEpilogue`]: the subgroup
+/// kernel storing quads of f32 C.
+pub fn fuses_scores(c: &Strided, n: usize) -> bool {
+    let mm = MatmulParams {
+        n: n as u32,
+        c_sm: c.sr as u32,
+        c: [c.off as u32, c.so as u32, c.si as u32],
+        ..SINGLE
+    };
+    c.sc == 1 && c_quads(c.t, &mm, c.pad)
 }
 
 /// `C[o, i] = A[o, i] · B[o, i]` for o < `outer`, i < `inner`: (M, K) · (K, N) → (M, N) with
@@ -340,8 +401,13 @@ pub fn batched_matmul(
     b: Strided,
     (m, n, k): (usize, usize, usize),
     (outer, inner): (usize, usize),
+    epilogue: Option<ScoreEpilogue>,
 ) {
     assert_eq!(c.sc, 1, "batched_matmul: C's columns must be contiguous");
+    assert!(
+        epilogue.is_none() || fuses_scores(&c, n),
+        "batched_matmul: a score epilogue needs fuses_scores"
+    );
     let u = |x: usize| u32::try_from(x).expect("batched_matmul: index past 2^32");
     if c.t.dtype == crate::gpu::DType::F16 {
         // Pair stores: every row of C must start at an even element.
@@ -363,7 +429,14 @@ pub fn batched_matmul(
         a: [u(a.off), u(a.so), u(a.si)],
         b: [u(b.off), u(b.so), u(b.si)],
         c: [u(c.off), u(c.so), u(c.si)],
-        _pad: [0; 2],
+        rv_off: match epilogue {
+            Some(ScoreEpilogue::Probs { row0, .. } | ScoreEpilogue::Grad { row0, .. }) => u(row0),
+            None => 0,
+        },
+        ep_scale: match epilogue {
+            Some(ScoreEpilogue::Probs { scale, .. } | ScoreEpilogue::Grad { scale, .. }) => scale,
+            None => 0.0,
+        },
     };
     let overrides = [
         ("A_F16", a.t.dtype.is_f16()),
@@ -375,7 +448,15 @@ pub fn batched_matmul(
         ("ACCUM", 0.0),
     ];
     let tensors = [a.t, b.t, gpu.dummy(), c.t];
-    launch_sg(gpu, &overrides, &params, tensors, u(outer * inner), None);
+    launch_sg(
+        gpu,
+        &overrides,
+        &params,
+        tensors,
+        u(outer * inner),
+        epilogue.map(Aux::Scores),
+        c.pad,
+    );
 }
 
 /// Rows per subgroup and column pairs per lane of `matmul_forward_sg` (its SG_RM, SG_RN).

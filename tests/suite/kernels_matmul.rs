@@ -280,6 +280,101 @@ fn on_subgroup_kernel(f: fn()) {
     }
 }
 
+/// Batched products on strided operands as attention's matmul path lays them out: A's rows
+/// (or, transposed, its columns) 4-aligned around K (or M) that is not a multiple of 4, and C's
+/// rows padded to whole quads with scratch. The kernel reads A in masked quads and stores C in
+/// quads; nothing outside C's rows and their padding may change.
+fn batched_matmul_matches_cpu_on_padded_rows() {
+    let g = gpu();
+    // (M, N, K): K and M past a quad boundary, N with a partial last quad; 4 rows apart.
+    for &(m, n, k) in &[(13, 11, 9), (21, 6, 17), (5, 3, 2)] {
+        let (outer, inner) = (2, 3);
+        let batches = outer * inner;
+        let pad = |x: usize| x.next_multiple_of(4);
+        for (transposed, c_pad) in [(false, true), (true, true), (false, false)] {
+            // A: (M, K) rows pad(K) apart, or stored as (K, M) rows pad(M) apart; batches a
+            // quad-aligned gap apart.
+            let (a_rows, a_cols) = if transposed { (k, pad(m)) } else { (m, pad(k)) };
+            let a_batch = a_rows * a_cols + 4;
+            let a_buf = rand_vec(batches * a_batch, 5, 1.0);
+            let b_buf = rand_vec(batches * k * n, 6, 1.0);
+            // C: rows pad(N) apart, their padding scratch; or, unpadded, 4 more apart, the
+            // elements past N being someone else's (no quad may be stored there). A guard of 8
+            // elements after each batch.
+            let c_sm = if c_pad { pad(n) } else { pad(n) + 4 };
+            let c_batch = m * c_sm + 8;
+            let fill = vec![7.0f32; batches * c_batch];
+            let at = g.upload(&a_buf, &[a_buf.len()], DType::F32).unwrap();
+            let bt = g.upload(&b_buf, &[b_buf.len()], DType::F32).unwrap();
+            let ct = g.upload(&fill, &[fill.len()], DType::F32).unwrap();
+            let a_at = |z: usize, r: usize, c: usize| {
+                let (sr, sc) = if transposed { (1, a_cols) } else { (a_cols, 1) };
+                z * a_batch + r * sr + c * sc
+            };
+            let strided = |t, batch: usize, sr, sc, pad| Strided {
+                t,
+                off: 0,
+                so: inner * batch,
+                si: batch,
+                sr,
+                sc,
+                pad,
+            };
+            let (a_sr, a_sc) = if transposed { (1, a_cols) } else { (a_cols, 1) };
+            batched_matmul(
+                g,
+                strided(&ct, c_batch, c_sm, 1, c_pad),
+                strided(&at, a_batch, a_sr, a_sc, false),
+                strided(&bt, k * n, n, 1, false),
+                (m, n, k),
+                (outer, inner),
+                None,
+            );
+            let got = g.read(&ct).unwrap();
+            let what = format!("batched {m}x{n}x{k} transposed A {transposed} padded C {c_pad}");
+            let (mut gv, mut want) = (Vec::new(), Vec::new());
+            for z in 0..batches {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut acc = 0.0f64;
+                        for kk in 0..k {
+                            acc +=
+                                a_buf[a_at(z, i, kk)] as f64 * b_buf[z * k * n + kk * n + j] as f64;
+                        }
+                        gv.push(got[z * c_batch + i * c_sm + j]);
+                        want.push(acc as f32);
+                    }
+                    if !c_pad {
+                        for j in n..c_sm {
+                            let x = got[z * c_batch + i * c_sm + j];
+                            assert_eq!(x, 7.0, "{what}: batch {z} row {i} column {j} overwritten");
+                        }
+                    }
+                }
+                // The guard after each batch's rows is untouched.
+                for x in m * c_sm..c_batch {
+                    assert_eq!(
+                        got[z * c_batch + x],
+                        7.0,
+                        "{what}: batch {z} guard {x} overwritten"
+                    );
+                }
+            }
+            assert_close(&what, &gv, &want, ATOL, RTOL);
+        }
+    }
+}
+
+#[test]
+fn batched_matmul_matches_cpu_on_padded_rows_subgroup() {
+    on_subgroup_kernel(batched_matmul_matches_cpu_on_padded_rows);
+}
+
+#[test]
+fn batched_matmul_matches_cpu_on_padded_rows_subgroup_buffers() {
+    on_subgroup_kernel(|| without_textures(batched_matmul_matches_cpu_on_padded_rows));
+}
+
 #[test]
 fn linear_forward_matches_cpu_on_awkward_shapes_subgroup() {
     on_subgroup_kernel(linear_forward_matches_cpu_on_awkward_shapes);
