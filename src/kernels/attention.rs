@@ -271,16 +271,30 @@ fn rows(
     nb: usize,
     bind: &[(u32, &GpuTensor)],
 ) {
+    rows_textured(gpu, entry, ov, dm, (b0, nb), bind, &[]);
+}
+
+/// [`rows`] with staged textures as well.
+fn rows_textured(
+    gpu: &Gpu,
+    entry: &'static str,
+    ov: &[(&'static str, f64)],
+    dm: Dims,
+    (b0, nb): (usize, usize),
+    bind: &[(u32, &GpuTensor)],
+    textures: &[(u32, Option<&GpuTensor>)],
+) {
     let mut p = dm.params();
     p.bh = (nb * dm.h) as u32;
     p.row0 = (b0 * dm.h * dm.t) as u32;
     let rows = (nb * dm.h * dm.t) as u32;
-    gpu.launch(
+    gpu.launch_textured(
         &shader!("attention"),
         entry,
         ov,
         &p,
         bind,
+        textures,
         grid(rows.div_ceil(64)),
     );
 }
@@ -292,6 +306,9 @@ fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, 
     let s = gpu
         .alloc(&[chunk * dm.h * t, dm.ts()], DType::F32)
         .expect("attention scores workspace");
+    // The softmax reads the scores from a staged texture where they fit one (P·v stages them
+    // as its A operand too, so the staging texture is there already).
+    let staged = stageable(gpu, &[&s]);
     for b0 in (0..dm.b).step_by(chunk) {
         let nb = chunk.min(dm.b - b0);
         let batches = (nb, dm.h);
@@ -299,15 +316,21 @@ fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, 
         let k = qkv_part(qkv, dm, b0, 1);
         let q = qkv_part(qkv, dm, b0, 0);
         matmul::batched_matmul(gpu, sc, q, tr(k), (t, t, d), batches, None);
-        rows(
-            gpu,
-            "attention_rows_softmax",
-            &[],
-            dm,
-            b0,
-            nb,
-            &[(3, lse), (11, &s)],
-        );
+        let bind = [(3, lse), (11, &s)];
+        if staged {
+            let tex = [(18, Some(&s))];
+            rows_textured(
+                gpu,
+                "attention_rows_softmax_tex",
+                &[],
+                dm,
+                (b0, nb),
+                &bind,
+                &tex,
+            );
+        } else {
+            rows(gpu, "attention_rows_softmax", &[], dm, b0, nb, &bind);
+        }
         let v = qkv_part(qkv, dm, b0, 2);
         let o = heads_of(out, dm, b0);
         matmul::batched_matmul(gpu, o, sc, v, (t, d, t), batches, None);
