@@ -46,8 +46,7 @@ struct Params {
 // whole quads there, and these kernels leave zeros.
 @group(0) @binding(11) var<storage, read_write> SCORES: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> DSCORES: array<vec4<f32>>;
-// SCORES staged as a texture (attention_rows_softmax_tex): the forward's softmax reads its
-// rows three times, at a fifth of a storage load's cost each.
+// SCORES staged as a texture (attention_rows_softmax with SCORES_TEX).
 @group(0) @binding(18) var SCORES_T: texture_2d<u32>;
 
 // Software adapters, short sequences: the `*_tex` kernels read the other side's rows (keys for
@@ -504,40 +503,20 @@ fn in_row(j: u32) -> vec4<bool> {
     return vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.t);
 }
 
-// attention_rows_softmax on scores staged as SCORES_T: the max, then the sum of exps, then
-// exp(scale·S − lse) stored to SCORES (the probabilities as the backward recomputes them), each
-// pass reading the texture; one store per quad instead of two and no storage loads.
-@compute @workgroup_size(64)
-fn attention_rows_softmax_tex(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = flat_id(gid, nwg, 64u);
-    if (r >= p.bh * p.t) { return; }
-    let row = r * (p.ts / 4u);
-    let tq = (p.t + 3u) / 4u;
-    var m = NEG_BIG;
-    for (var j = 0u; j < tq; j++) {
-        let s = select(vec4<f32>(NEG_BIG), tex_quad(SCORES_T, row + j) * p.scale, in_row(j));
-        m = max(m, max(max(s.x, s.y), max(s.z, s.w)));
-    }
-    var l = 0.0;
-    for (var j = 0u; j < tq; j++) {
-        let e = select(vec4<f32>(0.0), exp(tex_quad(SCORES_T, row + j) * p.scale - m), in_row(j));
-        l += e.x;
-        l += e.y;
-        l += e.z;
-        l += e.w;
-    }
-    let lse = m + log(l);
-    for (var j = 0u; j < tq; j++) {
-        let pr = exp(tex_quad(SCORES_T, row + j) * p.scale - lse);
-        SCORES[row + j] = select(vec4<f32>(0.0), pr, in_row(j));
-    }
-    LSE[p.row0 + r] = lse;
+// Whether the softmax reads the scores from SCORES_T, their staged copy (three reads of each
+// quad at a fifth of a storage load's cost), or from SCORES.
+override SCORES_TEX: bool = false;
+fn score_quad(q: u32) -> vec4<f32> {
+    if (SCORES_TEX) { return tex_quad(SCORES_T, q); }
+    return SCORES[q];
 }
 
-// Softmax of each score row at scale: SCORES becomes the probabilities, LSE the logsumexp of
-// the scaled row (as `attention_forward` saves it). One invocation per row of the chunk, a
-// quad at a time (a storage load is a loop over the lanes on llvmpipe, whatever its width);
-// the sum runs element by element in column order, as a scalar loop would.
+// Softmax of each score row at scale: the max, then the sum of exps, then SCORES becomes the
+// probabilities exp(scale·S − lse) (as the backward recomputes them) and LSE the logsumexp of
+// the scaled row (as `attention_forward` saves it): three reads of each quad and one store.
+// One invocation per row of the chunk, a quad at a time (a storage load is a loop over the
+// lanes on llvmpipe, whatever its width); the sum runs element by element in column order, as
+// a scalar loop would.
 @compute @workgroup_size(64)
 fn attention_rows_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_id(gid, nwg, 64u);
@@ -546,21 +525,23 @@ fn attention_rows_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let tq = (p.t + 3u) / 4u;
     var m = NEG_BIG;
     for (var j = 0u; j < tq; j++) {
-        let s = select(vec4<f32>(NEG_BIG), SCORES[row + j] * p.scale, in_row(j));
+        let s = select(vec4<f32>(NEG_BIG), score_quad(row + j) * p.scale, in_row(j));
         m = max(m, max(max(s.x, s.y), max(s.z, s.w)));
     }
     var l = 0.0;
     for (var j = 0u; j < tq; j++) {
-        let e = select(vec4<f32>(0.0), exp(SCORES[row + j] * p.scale - m), in_row(j));
-        SCORES[row + j] = e;
+        let e = select(vec4<f32>(0.0), exp(score_quad(row + j) * p.scale - m), in_row(j));
         l += e.x;
         l += e.y;
         l += e.z;
         l += e.w;
     }
-    let inv = 1.0 / l;
-    for (var j = 0u; j < tq; j++) { SCORES[row + j] *= inv; }
-    LSE[p.row0 + r] = m + log(l);
+    let lse = m + log(l);
+    for (var j = 0u; j < tq; j++) {
+        let pr = exp(score_quad(row + j) * p.scale - lse);
+        SCORES[row + j] = select(vec4<f32>(0.0), pr, in_row(j));
+    }
+    LSE[p.row0 + r] = lse;
 }
 
 // The probabilities again from the scores and the forward's LSE (the backward).

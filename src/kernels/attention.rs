@@ -316,21 +316,18 @@ fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, 
         let k = qkv_part(qkv, dm, b0, 1);
         let q = qkv_part(qkv, dm, b0, 0);
         matmul::batched_matmul(gpu, sc, q, tr(k), (t, t, d), batches, None);
+        let ov = [("SCORES_TEX", f64::from(u8::from(staged)))];
         let bind = [(3, lse), (11, &s)];
-        if staged {
-            let tex = [(18, Some(&s))];
-            rows_textured(
-                gpu,
-                "attention_rows_softmax_tex",
-                &[],
-                dm,
-                (b0, nb),
-                &bind,
-                &tex,
-            );
-        } else {
-            rows(gpu, "attention_rows_softmax", &[], dm, b0, nb, &bind);
-        }
+        let tex = [(18, staged.then_some(&s))];
+        rows_textured(
+            gpu,
+            "attention_rows_softmax",
+            &ov,
+            dm,
+            (b0, nb),
+            &bind,
+            &tex,
+        );
         let v = qkv_part(qkv, dm, b0, 2);
         let o = heads_of(out, dm, b0);
         matmul::batched_matmul(gpu, o, sc, v, (t, d, t), batches, None);
