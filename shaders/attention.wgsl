@@ -557,7 +557,9 @@ fn attention_rows_probs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 }
 
 // delta_i = dout_i · out_i of each row of the chunk (the matmul path's backward, whose score
-// gradient epilogue takes it in place of Σ_j P∘dP, the same sum).
+// gradient epilogue takes it in place of Σ_j P∘dP, the same sum), from dout and out staged as
+// DOUT_T and OUT_T where DELTA_TEX (f32, D % 4 == 0), else from the buffers.
+override DELTA_TEX: bool = false;
 @compute @workgroup_size(64)
 fn attention_rows_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_id(gid, nwg, 64u);
@@ -565,7 +567,13 @@ fn attention_rows_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let bh = p.row0 / p.t + r / p.t;
     let oi = out_index(bh / p.heads, r % p.t, bh % p.heads);
     var delta4 = vec4<f32>(0.0);
-    for (var d = 0u; d < HQ; d++) { delta4 = fma(ld4_dout(oi, d, HD), ld4_out_in(oi, d, HD), delta4); }
+    for (var d = 0u; d < HQ; d++) {
+        if (DELTA_TEX) {
+            delta4 = fma(tex_quad(DOUT_T, (oi >> 2u) + d), tex_quad(OUT_T, (oi >> 2u) + d), delta4);
+        } else {
+            delta4 = fma(ld4_dout(oi, d, HD), ld4_out_in(oi, d, HD), delta4);
+        }
+    }
     DELTA[p.row0 + r] = hsum(delta4);
 }
 

@@ -361,6 +361,21 @@ fn matmul_backward(
     );
     let scale = dm.params().scale;
     let fused = matmul::fuses_scores(&score_rows(&s, dm), t);
+    if fused {
+        // delta = Σ dout∘out of every row at once (the score gradient's epilogue reads it),
+        // from staged textures where dout and out are f32 quads.
+        let tex = stageable(gpu, &[dout, out]) && dm.d.is_multiple_of(4);
+        let ov = [
+            ("OUT_F16", out.dtype.is_f16()),
+            ("DOUT_F16", dout.dtype.is_f16()),
+            ("HD", dm.d as f64),
+            ("DELTA_TEX", f64::from(u8::from(tex))),
+        ];
+        let bind = [(4, dout), (5, out), (7, delta)];
+        let textures = [(14, tex.then_some(dout)), (15, tex.then_some(out))];
+        let all = (0, dm.b);
+        rows_textured(gpu, "attention_rows_delta", &ov, dm, all, &bind, &textures);
+    }
     for b0 in (0..dm.b).step_by(chunk) {
         let nb = chunk.min(dm.b - b0);
         let batches = (nb, dm.h);
@@ -376,13 +391,6 @@ fn matmul_backward(
         if fused {
             let probs = ScoreEpilogue::Probs { lse, row0, scale };
             matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches, Some(probs));
-            let ov = [
-                ("OUT_F16", out.dtype.is_f16()),
-                ("DOUT_F16", dout.dtype.is_f16()),
-                ("HD", dm.d as f64),
-            ];
-            let bind = [(4, dout), (5, out), (7, delta)];
-            rows(gpu, "attention_rows_delta", &ov, dm, b0, nb, &bind);
         } else {
             matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches, None);
             let bind = [(6, lse), (11, &s)];
