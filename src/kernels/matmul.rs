@@ -409,6 +409,12 @@ pub fn batched_matmul(
         "batched_matmul: a score epilogue needs fuses_scores"
     );
     let u = |x: usize| u32::try_from(x).expect("batched_matmul: index past 2^32");
+    let (rv_off, ep_scale) = match epilogue {
+        Some(
+            ScoreEpilogue::Probs { row0, scale, .. } | ScoreEpilogue::Grad { row0, scale, .. },
+        ) => (row0, scale),
+        None => (0, 0.0),
+    };
     if c.t.dtype == crate::gpu::DType::F16 {
         // Pair stores: every row of C must start at an even element.
         assert!(
@@ -429,14 +435,8 @@ pub fn batched_matmul(
         a: [u(a.off), u(a.so), u(a.si)],
         b: [u(b.off), u(b.so), u(b.si)],
         c: [u(c.off), u(c.so), u(c.si)],
-        rv_off: match epilogue {
-            Some(ScoreEpilogue::Probs { row0, .. } | ScoreEpilogue::Grad { row0, .. }) => u(row0),
-            None => 0,
-        },
-        ep_scale: match epilogue {
-            Some(ScoreEpilogue::Probs { scale, .. } | ScoreEpilogue::Grad { scale, .. }) => scale,
-            None => 0.0,
-        },
+        rv_off: u(rv_off),
+        ep_scale,
     };
     let overrides = [
         ("A_F16", a.t.dtype.is_f16()),
