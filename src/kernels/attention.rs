@@ -8,7 +8,7 @@
 //! [C, 2C), v at [2C, 3C), head h at columns h·D.. within each third; `out` (B, T, C) with
 //! head h at columns h·D..; `lse` and `delta` (B, H, T) f32. Scale = 1/√D.
 
-use super::common::{grid, stageable};
+use super::common::{flag, grid, stageable};
 use super::matmul::{self, ScoreEpilogue, Strided};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::shader;
@@ -261,21 +261,8 @@ fn tr(x: Strided) -> Strided {
     }
 }
 
-/// Row kernel `entry` over the chunk of `nb` batches from b0.
+/// Row kernel `entry` over the chunk of `nb` batches from b0, with `textures` staged.
 fn rows(
-    gpu: &Gpu,
-    entry: &'static str,
-    ov: &[(&'static str, f64)],
-    dm: Dims,
-    b0: usize,
-    nb: usize,
-    bind: &[(u32, &GpuTensor)],
-) {
-    rows_textured(gpu, entry, ov, dm, (b0, nb), bind, &[]);
-}
-
-/// [`rows`] with staged textures as well.
-fn rows_textured(
     gpu: &Gpu,
     entry: &'static str,
     ov: &[(&'static str, f64)],
@@ -316,10 +303,10 @@ fn matmul_forward(gpu: &Gpu, out: &GpuTensor, lse: &GpuTensor, qkv: &GpuTensor, 
         let k = qkv_part(qkv, dm, b0, 1);
         let q = qkv_part(qkv, dm, b0, 0);
         matmul::batched_matmul(gpu, sc, q, tr(k), (t, t, d), batches, None);
-        let ov = [("SCORES_TEX", f64::from(u8::from(staged)))];
+        let ov = [("SCORES_TEX", flag(staged))];
         let bind = [(3, lse), (11, &s)];
         let tex = [(18, staged.then_some(&s))];
-        rows_textured(
+        rows(
             gpu,
             "attention_rows_softmax",
             &ov,
@@ -369,12 +356,12 @@ fn matmul_backward(
             ("OUT_F16", out.dtype.is_f16()),
             ("DOUT_F16", dout.dtype.is_f16()),
             ("HD", dm.d as f64),
-            ("DELTA_TEX", f64::from(u8::from(tex))),
+            ("DELTA_TEX", flag(tex)),
         ];
         let bind = [(4, dout), (5, out), (7, delta)];
         let textures = [(14, tex.then_some(dout)), (15, tex.then_some(out))];
         let all = (0, dm.b);
-        rows_textured(gpu, "attention_rows_delta", &ov, dm, all, &bind, &textures);
+        rows(gpu, "attention_rows_delta", &ov, dm, all, &bind, &textures);
     }
     for b0 in (0..dm.b).step_by(chunk) {
         let nb = chunk.min(dm.b - b0);
@@ -394,7 +381,7 @@ fn matmul_backward(
         } else {
             matmul::batched_matmul(gpu, p_, q, tr(k), (t, t, d), batches, None);
             let bind = [(6, lse), (11, &s)];
-            rows(gpu, "attention_rows_probs", &[], dm, b0, nb, &bind);
+            rows(gpu, "attention_rows_probs", &[], dm, (b0, nb), &bind, &[]);
         }
         matmul::batched_matmul(gpu, dpart(2), tr(p_), g, (t, d, t), batches, None);
         if fused {
@@ -408,7 +395,15 @@ fn matmul_backward(
         } else {
             matmul::batched_matmul(gpu, dp, g, tr(v), (t, t, d), batches, None);
             let bind = [(11, &s), (12, &ds)];
-            rows(gpu, "attention_rows_backward", &[], dm, b0, nb, &bind);
+            rows(
+                gpu,
+                "attention_rows_backward",
+                &[],
+                dm,
+                (b0, nb),
+                &bind,
+                &[],
+            );
         }
         matmul::batched_matmul(gpu, dpart(0), dp, k, (t, d, t), batches, None);
         matmul::batched_matmul(gpu, dpart(1), tr(dp), q, (t, d, t), batches, None);
